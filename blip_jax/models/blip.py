@@ -1,0 +1,146 @@
+"""The BLIP model (MED): ViT + one BERT text transformer used four ways.
+
+| method            | first token | attention     | cross-attn | output                 |
+| text_embed        | [CLS]       | bidirectional | off        | normalised text_proj   |
+| itm_logits        | [ENC]       | bidirectional | on         | itm_head on token 0    |
+| lm_logits         | [DEC]       | causal        | on         | LM logits              |
+
+With `tie_encoder_decoder` the decoder *is* the encoder module called in causal mode with its
+own self-attention (`decoder_attention`) and LM head: one copy of every shared parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from blip_jax.models import layers
+from blip_jax.models.bert import TextTransformer
+from blip_jax.models.config import BlipConfig
+from blip_jax.models.vit import VisionTransformer
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    # Same clamp as torch.nn.functional.normalize: x / max(||x||, eps).
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+class Blip(nn.Module):
+    config: BlipConfig
+
+    def setup(self):
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        self.vision = VisionTransformer(c.vision, dtype)
+        if c.text_encoder:
+            self.text_encoder = TextTransformer(
+                c.text, cross_attention=True, decoder_self_attention=c.tie_encoder_decoder,
+                lm_head=c.tie_encoder_decoder, dtype=dtype)
+        if c.text_decoder and not c.tie_encoder_decoder:
+            self.text_decoder = TextTransformer(c.text, cross_attention=True, lm_head=True, dtype=dtype)
+        if c.itc_itm_heads:
+            self.vision_proj = layers.dense(c.embed_dim, ("embed", "proj"), "vision_proj", dtype)
+            self.text_proj = layers.dense(c.embed_dim, ("embed", "proj"), "text_proj", dtype)
+            self.itm_head = layers.dense(2, ("embed", None), "itm_head", dtype)
+            self.temp = self.param("temp", nn.initializers.constant(c.temp_init), ())
+
+    @property
+    def _decoder(self) -> TextTransformer:
+        return self.text_encoder if self.config.tie_encoder_decoder else self.text_decoder
+
+    # -- unimodal ---------------------------------------------------------------------------
+    def image_features(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """images [B, H, W, 3] normalised -> image tokens [B, N, vision width]."""
+        return self.vision(images, train=train)
+
+    def image_embed(self, image_tokens: jax.Array) -> jax.Array:
+        """image tokens [B, N, Dv] -> L2-normalised ITC features [B, embed_dim] (float32)."""
+        return l2_normalize(self.vision_proj(image_tokens[:, 0]))
+
+    def text_features(self, ids: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+        """Unimodal text encoder ([CLS] first): hidden states [B, L, hidden]."""
+        return self.text_encoder(ids, mask, train=train)
+
+    def text_embed(self, text_hidden: jax.Array) -> jax.Array:
+        """text hidden [B, L, hidden] -> L2-normalised ITC features [B, embed_dim] (float32)."""
+        return l2_normalize(self.text_proj(text_hidden[:, 0]))
+
+    def temperature(self) -> jax.Array:
+        """ITC temperature, clamped to [0.001, 0.5] as in the original."""
+        return jnp.clip(self.temp, 0.001, 0.5)
+
+    # -- image-grounded -----------------------------------------------------------------------
+    def multimodal_features(self, ids: jax.Array, mask: jax.Array, image_tokens: jax.Array,
+                            image_mask: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
+        """Image-grounded encoder (ids start with [ENC]): hidden states [B, L, hidden]."""
+        return self.text_encoder(ids, mask, context=image_tokens, context_mask=image_mask,
+                                 train=train)
+
+    def itm_logits(self, ids: jax.Array, mask: jax.Array, image_tokens: jax.Array,
+                   image_mask: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
+        """ITM logits [B, 2] (float32): index 1 is 'match'. ids start with [ENC]."""
+        hidden = self.multimodal_features(ids, mask, image_tokens, image_mask, train)
+        return self.itm_head(hidden[:, 0]).astype(jnp.float32)
+
+    def lm_logits(self, ids: jax.Array, mask: jax.Array, context: jax.Array,
+                  context_mask: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
+        """Image-grounded decoder (ids start with [DEC]): LM logits [B, L, vocab] (float32).
+
+        `context` is the image tokens (or, for a VQA answer decoder, the question states)."""
+        return self._decoder(ids, mask, context=context, context_mask=context_mask, causal=True,
+                             return_logits=True, train=train)
+
+    def decode_logits(self, ids: jax.Array, positions: jax.Array,
+                      context: Optional[jax.Array] = None) -> jax.Array:
+        """Incremental decoding with the 'cache' collection (mutable). ids [B, L] are the new
+        tokens at `positions` [1, L]; pass `context` on the allocation and prompt calls and None
+        on every later step. Returns LM logits [B, L, vocab] (float32)."""
+        return self._decoder(ids, None, context=context, causal=True, decode=True,
+                             positions=positions, return_logits=True)
+
+    # -- initialisation ------------------------------------------------------------------------
+    def __call__(self, images: jax.Array, ids: jax.Array, mask: jax.Array,
+                 train: bool = False) -> dict[str, jax.Array]:
+        """Runs every path the config enables (used by `init` to create all parameters)."""
+        c = self.config
+        image_tokens = self.image_features(images, train)
+        out = {"image_tokens": image_tokens}
+        if c.text_encoder:
+            text_hidden = self.text_features(ids, mask, train)
+            out["multimodal"] = self.multimodal_features(ids, mask, image_tokens, train=train)
+            if c.itc_itm_heads:
+                out["image_embed"] = self.image_embed(image_tokens)
+                out["text_embed"] = self.text_embed(text_hidden)
+                out["itm_logits"] = self.itm_logits(ids, mask, image_tokens, train=train)
+                out["temp"] = self.temperature()
+        if c.text_decoder:
+            context = out["multimodal"] if c.decoder_context == "question" else image_tokens
+            out["lm_logits"] = self.lm_logits(ids, mask, context, train=train)
+        return out
+
+
+def init_params(config: BlipConfig, rng: jax.Array, text_length: int = 8,
+                batch: int = 1) -> dict:
+    """Random float32 parameters (unboxed) for `config`."""
+    model = Blip(config)
+    size = config.vision.image_size
+    images = jnp.zeros((batch, size, size, 3), jnp.float32)
+    ids = jnp.zeros((batch, text_length), jnp.int32)
+    variables = model.init(rng, images, ids, jnp.ones_like(ids))
+    return nn.meta.unbox(variables["params"])
+
+
+def abstract_params(config: BlipConfig) -> dict:
+    """Shapes/dtypes of the parameters with their logical-axis boxes, computing nothing."""
+    model = Blip(config)
+    size = config.vision.image_size
+
+    def init(rng):
+        ids = jnp.zeros((1, 8), jnp.int32)
+        return model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32), ids, jnp.ones_like(ids))
+
+    return jax.eval_shape(init, jax.random.key(0))["params"]
