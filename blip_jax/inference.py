@@ -1,0 +1,87 @@
+"""A loaded checkpoint with jitted entry points: what the caption and score commands share."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from blip_jax import checkpoint, decoding, image, tokenizer as tok
+from blip_jax.models.blip import Blip
+from blip_jax.models.config import BlipConfig
+
+
+@dataclasses.dataclass
+class Predictor:
+    config: BlipConfig
+    params: dict
+    tokenizer: tok.BlipTokenizer
+
+    @classmethod
+    def load(cls, directory: str) -> "Predictor":
+        config, params = checkpoint.load_model(directory)
+        params = jax.tree_util.tree_map(jnp.asarray, params)
+        return cls(config, params, tok.BlipTokenizer())
+
+    @functools.cached_property
+    def model(self) -> Blip:
+        return Blip(self.config)
+
+    def load_images(self, paths: Sequence[str]) -> np.ndarray:
+        return np.stack([image.load_image(p, self.config.vision.image_size) for p in paths])
+
+    def image_tokens(self, images: np.ndarray) -> jax.Array:
+        return _image_tokens(self.model, self.params, jnp.asarray(images))
+
+    def caption(self, images: np.ndarray, *, prompt: str = "a picture of ", max_length: int = 20,
+                min_length: int = 5, batch_size: int = 8) -> tuple[list[str], list[list[int]]]:
+        """Greedy captions for normalised images [N, H, W, 3]: (texts, token ids incl. [DEC])."""
+        if not self.config.text_decoder:
+            raise ValueError("this checkpoint has no text decoder (a retrieval model?): "
+                             "it cannot caption; use a captioning or pre-trained checkpoint")
+        prefix = decoding.prompt_ids(self.tokenizer, prompt)
+        if len(prefix) >= max_length:
+            raise ValueError(f"prompt {prompt!r} is {len(prefix)} tokens, max_length={max_length}")
+        texts, token_lists = [], []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            # Pad the last chunk to the batch size so every call reuses one compiled program.
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
+            ctx = self.image_tokens(padded)
+            toks = np.asarray(decoding.greedy_decode(
+                self.model, self.params, ctx, jnp.asarray(prefix), max_length=max_length,
+                min_length=min_length))[: len(chunk)]
+            texts += decoding.strip_and_decode(self.tokenizer, toks, len(prefix))
+            token_lists += decoding.caption_tokens_list(toks)
+        return texts, token_lists
+
+    def score(self, images: np.ndarray, texts: Sequence[str], max_length: int = 35):
+        """(ITM match probability [N], ITC cosine [N]) for aligned image/text pairs."""
+        if not (self.config.text_encoder and self.config.itc_itm_heads):
+            raise ValueError("this checkpoint has no text encoder with ITM/ITC heads (a "
+                             "captioning model?): it cannot score image-text pairs")
+        cleaned = [tok.pre_caption(t) for t in texts]
+        itm_ids, mask = self.tokenizer.encode(cleaned, max_length, bos_id=tok.ENC_ID)
+        itc_ids, _ = self.tokenizer.encode(cleaned, max_length)
+        itm, itc = _score(self.model, self.params, jnp.asarray(images), jnp.asarray(itm_ids),
+                          jnp.asarray(itc_ids), jnp.asarray(mask))
+        return np.asarray(itm), np.asarray(itc)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _image_tokens(model: Blip, params, images):
+    return model.apply({"params": params}, images, method=Blip.image_features)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _score(model: Blip, params, images, itm_ids, itc_ids, mask):
+    def fwd(m: Blip):
+        tokens = m.image_features(images)
+        logits = m.itm_logits(itm_ids, mask, tokens)
+        cos = jnp.sum(m.image_embed(tokens) * m.text_embed(m.text_features(itc_ids, mask)), -1)
+        return jax.nn.softmax(logits, -1)[:, 1], cos
+    return model.apply({"params": params}, method=fwd)

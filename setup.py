@@ -1,0 +1,38 @@
+"""blip_jax: BLIP (Bootstrapping Language-Image Pre-training) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+# Versions tested together on CPU (Python 3.11). The test extra brings the PyTorch reference
+# (transformers' BLIP) that the parity tests compare against; torch is pinned to the CPU wheel.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorflow-datasets==4.9.10",
+    "array-record==0.8.6",
+    "grain==0.2.18",
+    "ml_collections==1.1.0",
+    "absl-py==2.5.1",
+    "tokenizers==0.23.3",
+    "safetensors==0.8.0",
+    "pillow==13.0.0",
+    "numpy==2.4.6",
+]
+
+setup(
+    name="blip_jax",
+    version="0.1.0",
+    description="BLIP (Bootstrapping Language-Image Pre-training) in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["blip_jax", "blip_jax.*"]),
+    package_data={"blip_jax": ["assets/*"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest==9.2.0", "torch==2.13.0", "transformers==5.24.0"],
+    },
+)
