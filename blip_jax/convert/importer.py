@@ -90,12 +90,12 @@ def import_state_dict(sd: Mapping[str, np.ndarray], config: BlipConfig, layout: 
     template = mapping.flatten(nn.meta.unbox(abstract_params(cfg)))
     if momentum:
         template = {p: s for p, s in template.items() if p[0] in MOMENTUM_MODULES}
-    out, used, missing, wrong = {}, set(), [], []
+    out, used, missing, wrong, differ = {}, set(), [], [], []
     for path, spec in template.items():
         key = mapping.torch_key(path, layout, tied)
         key = _momentum_key(key) if momentum else key
         if key not in sd:
-            if path == ("temp",):  # HF ports drop the temperature: start from the paper's 0.07.
+            if path[0] == "temp":  # HF ports drop the temperature: start from the paper's 0.07.
                 out[path] = np.asarray(config.temp_init, np.float32)
                 report.defaulted.append("temp")
                 continue
@@ -108,13 +108,20 @@ def import_state_dict(sd: Mapping[str, np.ndarray], config: BlipConfig, layout: 
             value = resize_pos_embed(value, config.vision.grid_size)
             report.interpolated.append(f"{key}: {tuple(sd[key].shape)} -> {value.shape}")
         if value.shape != tuple(spec.shape):
-            wrong.append(f"{key}: {tuple(value.shape)} in {source}, model wants {tuple(spec.shape)}")
+            # Both shapes in the file's (PyTorch) layout, the layout the key is named in.
+            want = mapping.to_torch(path, np.broadcast_to(np.float32(0), tuple(spec.shape))).shape
+            wrong.append(f"{key}: {tuple(np.shape(sd[key]))} in {source}, model wants {tuple(want)}")
             continue
         out[path] = value
         for dup in mapping.tied_duplicates(path, layout) if tied else []:
             if dup in sd:
                 used.add(dup)
-                report.deduplicated += 1
+                if np.shape(sd[dup]) != np.shape(sd[key]) or not np.array_equal(
+                        np.asarray(sd[dup], np.float32), np.asarray(sd[key], np.float32)):
+                    # Keeping one copy would silently drop the other's weights.
+                    differ.append(f"{dup} != {key}")
+                else:
+                    report.deduplicated += 1
     unexpected = []
     for key in sd:
         is_momentum_key = key.split(".")[0].endswith("_m")
@@ -124,14 +131,15 @@ def import_state_dict(sd: Mapping[str, np.ndarray], config: BlipConfig, layout: 
             report.ignored.append(key)
         else:
             unexpected.append(key)
-    if missing or unexpected or wrong:
+    if missing or unexpected or wrong or differ:
         lines = [f"{source} does not fit the model configuration (vision width "
                  f"{config.vision.width}, depth {config.vision.depth}; text hidden "
                  f"{config.text.hidden_size}, {config.text.num_layers} layers; "
                  f"text_encoder={config.text_encoder}, text_decoder={config.text_decoder}, "
                  f"tied={tied}{', momentum copies' if momentum else ''}):"]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatch", wrong)):
+                             ("shape mismatch", wrong),
+                             ("tied copies that differ (is the file really tied?)", differ)):
             if items:
                 shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(shown))

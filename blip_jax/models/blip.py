@@ -29,6 +29,17 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
+class Scalar(nn.Module):
+    """One learnable scalar, created lazily (a setup-time param would be demanded by every
+    apply, including the momentum model's, which has no temperature)."""
+
+    init_value: float
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        return self.param("value", nn.initializers.constant(self.init_value), ())
+
+
 class Blip(nn.Module):
     config: BlipConfig
 
@@ -46,7 +57,7 @@ class Blip(nn.Module):
             self.vision_proj = layers.dense(c.embed_dim, ("embed", "proj"), "vision_proj", dtype)
             self.text_proj = layers.dense(c.embed_dim, ("embed", "proj"), "text_proj", dtype)
             self.itm_head = layers.dense(2, ("embed", None), "itm_head", dtype)
-            self.temp = self.param("temp", nn.initializers.constant(c.temp_init), ())
+            self.temp = Scalar(c.temp_init)
 
     @property
     def _decoder(self) -> TextTransformer:
@@ -71,7 +82,7 @@ class Blip(nn.Module):
 
     def temperature(self) -> jax.Array:
         """ITC temperature, clamped to [0.001, 0.5] as in the original."""
-        return jnp.clip(self.temp, 0.001, 0.5)
+        return jnp.clip(self.temp(), 0.001, 0.5)
 
     # -- image-grounded -----------------------------------------------------------------------
     def multimodal_features(self, ids: jax.Array, mask: jax.Array, image_tokens: jax.Array,

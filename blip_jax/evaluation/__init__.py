@@ -1,0 +1,1 @@
+"""Evaluation protocols: image-text retrieval (and captioning metrics)."""

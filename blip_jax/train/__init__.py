@@ -1,0 +1,1 @@
+"""Training: train state, the sharded jitted step, the loop, checkpoints and metrics."""

@@ -1,0 +1,31 @@
+"""Train BLIP (pre-training or fine-tuning) from an ml_collections config.
+
+    python -m blip_jax.train --config=configs/pretrain_tiny.py --workdir=DIR [--config.KEY=VALUE ...]
+
+Restarting with the same workdir resumes from its latest checkpoint. Multi-process: see
+blip_jax/distributed.py and launch/.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard events.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+flags.DEFINE_integer("process_id", None, "This process's id (multi-process runs).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from blip_jax import distributed
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    from blip_jax.train.trainer import train
+    train(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

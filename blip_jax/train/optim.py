@@ -1,0 +1,61 @@
+"""Optimiser and learning-rate schedules (REFERENCE §2: AdamW, warm-up then per-epoch decay)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def step_decay_schedule(init_lr: float, warmup_lr: float, warmup_steps: int, min_lr: float,
+                        decay_rate: float, steps_per_epoch: int) -> Callable[[jax.Array], jax.Array]:
+    """The paper's schedule: linear warm-up from warmup_lr to init_lr over warmup_steps (epoch 0),
+    then lr = max(min_lr, init_lr * decay_rate ** epoch), constant within an epoch."""
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        epoch = jnp.floor(step / steps_per_epoch)
+        decayed = jnp.maximum(min_lr, init_lr * decay_rate ** epoch)
+        if warmup_steps <= 0:
+            return decayed
+        warm = warmup_lr + (init_lr - warmup_lr) * jnp.minimum(step, warmup_steps) / warmup_steps
+        return jnp.where((epoch == 0) & (step < warmup_steps), warm, decayed)
+
+    return schedule
+
+
+def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int,
+                  steps_per_epoch: int) -> Callable[[jax.Array], jax.Array]:
+    if cfg.schedule == "step":
+        return step_decay_schedule(cfg.lr, cfg.warmup_lr, cfg.warmup_steps, cfg.min_lr,
+                                   cfg.decay_rate, steps_per_epoch)
+    if cfg.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            cfg.warmup_lr, cfg.lr, max(cfg.warmup_steps, 0), max(total_steps, cfg.warmup_steps + 1),
+            end_value=cfg.min_lr)
+    raise ValueError(f"config.optim.schedule={cfg.schedule!r}: use 'step' or 'cosine'")
+
+
+def decay_mask(params: Any, which: str) -> Any:
+    """'all': weight decay on every parameter (original BLIP); 'matrices': only on >= 2-d
+    parameters, i.e. not on biases, LayerNorm scales or the temperature (LAVIS)."""
+    if which == "all":
+        return jax.tree_util.tree_map(lambda _: True, params)
+    if which == "matrices":
+        return jax.tree_util.tree_map(lambda p: jnp.ndim(p) >= 2, params)
+    raise ValueError(f"config.optim.weight_decay_mask={which!r}: use 'all' or 'matrices'")
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
+                   steps_per_epoch: int) -> tuple[optax.GradientTransformation, Callable]:
+    schedule = make_schedule(cfg, total_steps, steps_per_epoch)
+    parts = []
+    if cfg.grad_clip_norm and cfg.grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=1e-8,
+                             weight_decay=cfg.weight_decay,
+                             mask=lambda p: decay_mask(p, cfg.weight_decay_mask)))
+    return optax.chain(*parts), schedule

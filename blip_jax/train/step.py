@@ -1,0 +1,278 @@
+"""One jitted train step: ITC + ITM + LM from one batch, gradients, AdamW, momentum EMA and
+the queue update.
+
+Batch (global arrays, batch dimension sharded over data x fsdp):
+    image [B, H, W, 3] float32, text_ids [B, L] int32 ([CLS] first), text_mask [B, L] int32,
+    image_id [B] int32 (retrieval fine-tuning positives; ignored otherwise).
+
+Gradient accumulation splits the batch into micro-batches without changing the objective:
+ITC and ITM still see the whole batch (negatives and distillation targets over all of it).
+It works in three passes (the GradCache idea): (1) without gradients, the image tokens and the
+online/momentum features of every micro-batch; (2) per micro-batch, gradients of its share of
+the loss with respect to the text-side parameters and to the (cached) image tokens, which the
+hard negatives may take from any micro-batch; (3) per micro-batch, those image-token
+gradients pulled back through the ViT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from blip_jax import losses, parallel, tokenizer as tok
+from blip_jax.models.blip import Blip
+from blip_jax.train.state import TrainState, ema_update
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Which objectives the task trains and how (read from config.loss)."""
+
+    itc_weight: float = 1.0
+    itm_weight: float = 1.0
+    lm_weight: float = 1.0
+    alpha: float = 0.4
+    alpha_ramp_steps: int = 0
+    momentum: float = 0.995
+    label_smoothing: float = 0.1
+    use_image_ids: bool = False     # retrieval: same-id pairs are positives / not negatives
+    itm_negatives: str = "global"   # or 'local': sample within each data shard
+    prompt_length: int = 0          # LM targets to skip (captioning prompt tokens)
+    grad_accum_steps: int = 1
+
+    @property
+    def uses_itc(self) -> bool:
+        return self.itc_weight > 0 or self.itm_weight > 0
+
+
+def _constrain(x: jax.Array, mesh) -> jax.Array:
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, parallel.batch_sharding(mesh, x.ndim))
+
+
+def _features(m: Blip, images, ids, mask, mesh, train):
+    """Online image tokens, ITC features and unimodal text features."""
+    image_tokens = _constrain(m.image_features(images, train=train), mesh)
+    text_hidden = _constrain(m.text_features(ids, mask, train=train), mesh)
+    return image_tokens, m.image_embed(image_tokens), m.text_embed(text_hidden)
+
+
+def _momentum_features(model: Blip, momentum, images, ids, mask):
+    def fwd(m: Blip):
+        return m.image_embed(m.image_features(images)), m.text_embed(m.text_features(ids, mask))
+    feats = model.apply({"params": momentum}, method=fwd)
+    return jax.tree_util.tree_map(jax.lax.stop_gradient, feats)
+
+
+def _head_losses(m: Blip, lc: LossConfig, image_tokens, image_feat, text_feat, feats_m, batch,
+                 negatives, state: TrainState, alpha, rows: Optional[slice], mesh, train):
+    """ITC/ITM/LM for the batch rows `rows` (None = all). image_tokens [B, N, D] cover the
+    WHOLE batch (ITM negatives may come from any row); image_feat/text_feat [rows, E] are the
+    online features of the rows. Returns (weighted sum, per-loss dict) where each loss is
+    this slice's share of the whole-batch mean, so slices add up to the full-batch loss."""
+    ids, mask = batch["text_ids"], batch["text_mask"]
+    total_rows = ids.shape[0]
+    sl = rows or slice(0, total_rows)
+    frac = (sl.stop - sl.start) / total_rows
+    out = {}
+    total = 0.0
+    if lc.itc_weight > 0:
+        image_ids = batch["image_id"] if lc.use_image_ids else None
+        id_queue = state.id_queue if lc.use_image_ids else None
+        # Rows of the ITC loss are independent given the momentum features: slice them.
+        loss_i2t, loss_t2i = _itc_rows(image_feat, text_feat, feats_m, state, m.temperature(),
+                                       alpha, image_ids, id_queue, sl)
+        out["loss_itc"] = (loss_i2t + loss_t2i) / 2 * frac
+        total = total + lc.itc_weight * out["loss_itc"]
+    if lc.itm_weight > 0:
+        neg_image, neg_text = negatives
+        enc_ids = ids.at[:, 0].set(tok.ENC_ID)
+        rows_ids, rows_mask = enc_ids[sl], mask[sl]
+        pos = m.itm_logits(rows_ids, rows_mask, image_tokens[sl], train=train)
+        neg_ids = jnp.concatenate([rows_ids, enc_ids[neg_text[sl]]])
+        neg_mask = jnp.concatenate([rows_mask, mask[neg_text[sl]]])
+        neg_imgs = jnp.concatenate([image_tokens[neg_image[sl]], image_tokens[sl]])
+        neg = m.itm_logits(neg_ids, neg_mask, _constrain(neg_imgs, mesh), train=train)
+        out["loss_itm"] = losses.itm_loss(pos, neg) * frac
+        total = total + lc.itm_weight * out["loss_itm"]
+    if lc.lm_weight > 0:
+        dec_ids = ids[sl].at[:, 0].set(tok.DEC_ID)
+        logits = m.lm_logits(dec_ids, mask[sl], image_tokens[sl], train=train)
+        # Token-mean over the whole batch: weight this slice by its share of target tokens.
+        lm = losses.lm_loss(logits, dec_ids, mask[sl], lc.label_smoothing, lc.prompt_length)
+        out["loss_lm"] = lm * _token_share(mask, sl, lc.prompt_length)
+        total = total + lc.lm_weight * out["loss_lm"]
+    return total, out
+
+
+def _token_share(mask, sl, prompt_length):
+    def count(mk):
+        w = mk[:, 1:].astype(jnp.float32)
+        if prompt_length:
+            w = w * (jnp.arange(w.shape[1]) >= prompt_length)[None]
+        return jnp.maximum(jnp.sum(w), 1.0)
+    return count(mask[sl]) / count(mask)
+
+
+def _itc_rows(image_feat, text_feat, feats_m, state, temp, alpha, image_ids, id_queue, sl):
+    """(i2t, t2i) ITC losses averaged over rows `sl`; image_feat/text_feat are those rows'
+    online features, the momentum features and queues cover the whole batch."""
+    image_feat_m, text_feat_m = feats_m
+    text_all = jnp.concatenate([text_feat_m, state.text_queue])
+    image_all = jnp.concatenate([image_feat_m, state.image_queue])
+    batch = text_feat_m.shape[0]
+    pos = losses.itc_positive_targets(batch, state.image_queue.shape[0], image_ids, id_queue)[sl]
+    sim_i2t = image_feat @ text_all.T / temp
+    sim_t2i = text_feat @ image_all.T / temp
+    tgt_i2t = losses.itc_targets(image_feat_m[sl] @ text_all.T / temp, pos, alpha)
+    tgt_t2i = losses.itc_targets(text_feat_m[sl] @ image_all.T / temp, pos, alpha)
+    tgt_i2t, tgt_t2i = jax.lax.stop_gradient(tgt_i2t), jax.lax.stop_gradient(tgt_t2i)
+    return losses.soft_cross_entropy(sim_i2t, tgt_i2t), losses.soft_cross_entropy(sim_t2i, tgt_t2i)
+
+
+def _sample_negatives(lc: LossConfig, rng, image_feat, text_feat, feats_m, state, temp, batch,
+                      groups):
+    image_feat_m, text_feat_m = feats_m
+    sim_i2t = image_feat @ text_feat_m.T / temp
+    sim_t2i = text_feat @ image_feat_m.T / temp
+    ids = batch["image_id"] if lc.use_image_ids else None
+    return losses.sample_hard_negatives(rng, sim_i2t, sim_t2i, ids, groups)
+
+
+def make_train_step(model: Blip, tx: optax.GradientTransformation, lc: LossConfig,
+                    schedule: Callable, mesh=None, negative_groups: int = 1):
+    """Returns step(state, batch) -> (state, metrics); jit it with shardings (see `jit_train_step`)."""
+
+    def step_fn(state: TrainState, batch: dict):
+        rng = jax.random.wrap_key_data(state.rng)
+        rng, neg_rng, drop_rng = jax.random.split(rng, 3)
+        params = state.params
+        momentum = ema_update(state.momentum, params, lc.momentum) if lc.uses_itc else None
+        alpha = losses.alpha_at(state.step, lc.alpha, lc.alpha_ramp_steps)
+        images, ids, mask = batch["image"], batch["text_ids"], batch["text_mask"]
+        feats_m = _momentum_features(model, momentum, images, ids, mask) if lc.uses_itc else None
+
+        if lc.grad_accum_steps <= 1:
+            def loss_fn(p):
+                def fwd(m: Blip):
+                    image_tokens, image_feat, text_feat = _features(m, images, ids, mask, mesh, True)
+                    negatives = None
+                    if lc.itm_weight > 0:
+                        negatives = _sample_negatives(lc, neg_rng, image_feat, text_feat, feats_m,
+                                                      state, m.temperature(), batch,
+                                                      negative_groups)
+                    return _head_losses(m, lc, image_tokens, image_feat, text_feat, feats_m,
+                                        batch, negatives, state, alpha, None, mesh, True)
+                return model.apply({"params": p}, method=fwd, rngs={"dropout": drop_rng})
+
+            (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        else:
+            loss, parts, grads = _accumulated_grads(model, lc, params, state, batch, feats_m,
+                                                    alpha, neg_rng, drop_rng, mesh,
+                                                    negative_groups)
+
+        updates, opt_state = tx.update(grads, state.opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        if "temp" in new_params:  # the original clamps the parameter itself every step
+            new_params = {**new_params,
+                          "temp": {"value": jnp.clip(new_params["temp"]["value"], 0.001, 0.5)}}
+        new_state = state.replace(step=state.step + 1, params=new_params, opt_state=opt_state,
+                                  momentum=momentum, rng=jax.random.key_data(rng))
+        if lc.uses_itc:
+            image_queue, ptr = losses.enqueue(state.image_queue, state.queue_ptr, feats_m[0])
+            text_queue, _ = losses.enqueue(state.text_queue, state.queue_ptr, feats_m[1])
+            id_queue = state.id_queue
+            if id_queue is not None:
+                id_queue, _ = losses.enqueue(id_queue, state.queue_ptr, batch["image_id"])
+            new_state = new_state.replace(image_queue=image_queue, text_queue=text_queue,
+                                          queue_ptr=ptr, id_queue=id_queue)
+        metrics = {"loss": loss, **parts, "lr": schedule(state.step), "alpha": alpha,
+                   "grad_norm": optax.global_norm(grads)}
+        if "temp" in params:
+            metrics["temp"] = jnp.clip(params["temp"]["value"], 0.001, 0.5)
+        return new_state, metrics
+
+    return step_fn
+
+
+def _accumulated_grads(model: Blip, lc: LossConfig, params, state, batch, feats_m, alpha,
+                       neg_rng, drop_rng, mesh, negative_groups):
+    images, ids, mask = batch["image"], batch["text_ids"], batch["text_mask"]
+    n = lc.grad_accum_steps
+    total = images.shape[0]
+    if total % n:
+        raise ValueError(f"batch {total} is not divisible into {n} micro-batches")
+    size = total // n
+    vision_params = {"vision": params["vision"]}
+    rest = {k: v for k, v in params.items() if k != "vision"}
+
+    def vit(vp, imgs, key):
+        return model.apply({"params": vp}, imgs, True, method=Blip.image_features,
+                           rngs={"dropout": key})
+
+    mb_keys = jax.random.split(drop_rng, n)
+    # Pass 1: image tokens (no gradient) of every micro-batch, in order.
+    tokens = jnp.concatenate([vit(vision_params, images[i * size:(i + 1) * size], mb_keys[i])
+                              for i in range(n)])
+    tokens = _constrain(jax.lax.stop_gradient(tokens), mesh)
+
+    def feats(p, tk):
+        def fwd(m: Blip):
+            hidden = m.text_features(ids, mask, train=True)
+            return m.image_embed(tk), m.text_embed(hidden), m.temperature()
+        return model.apply({"params": p}, method=fwd, rngs={"dropout": drop_rng})
+
+    negatives = None
+    if lc.itm_weight > 0:
+        image_feat, text_feat, temp = jax.lax.stop_gradient(feats(params, tokens))
+        negatives = _sample_negatives(lc, neg_rng, image_feat, text_feat, feats_m, state, temp,
+                                      batch, negative_groups)
+
+    # Pass 2: per micro-batch, gradients wrt the non-ViT params and all image tokens.
+    def slice_loss(rp, tk, i):
+        sl = slice(i * size, (i + 1) * size)
+
+        def fwd(m: Blip):
+            image_feat = m.image_embed(tk[sl])
+            text_feat = m.text_embed(m.text_features(ids[sl], mask[sl], train=True))
+            return _head_losses(m, lc, tk, image_feat, text_feat, feats_m, batch, negatives,
+                                state, alpha, sl, mesh, True)
+        return model.apply({"params": rp}, method=fwd, rngs={"dropout": mb_keys[i]})
+
+    grad_rest = jax.tree_util.tree_map(jnp.zeros_like, rest)
+    grad_tokens = jnp.zeros_like(tokens)
+    loss, parts = 0.0, None
+    for i in range(n):
+        (l, p), (g_rest, g_tok) = jax.value_and_grad(slice_loss, argnums=(0, 1), has_aux=True)(
+            rest, tokens, i)
+        grad_rest = jax.tree_util.tree_map(jnp.add, grad_rest, g_rest)
+        grad_tokens = grad_tokens + g_tok
+        loss = loss + l
+        parts = p if parts is None else jax.tree_util.tree_map(jnp.add, parts, p)
+
+    # Pass 3: pull the image-token gradients back through the ViT, micro-batch by micro-batch.
+    grad_vision = jax.tree_util.tree_map(jnp.zeros_like, vision_params)
+    for i in range(n):
+        sl = slice(i * size, (i + 1) * size)
+        _, pull = jax.vjp(lambda vp: vit(vp, images[sl], mb_keys[i]), vision_params)
+        (g,) = pull(grad_tokens[sl])
+        grad_vision = jax.tree_util.tree_map(jnp.add, grad_vision, g)
+    return loss, parts, {**grad_rest, **grad_vision}
+
+
+def jit_train_step(step_fn, state_shardings, mesh, donate: bool = True):
+    """jax.jit with explicit shardings: state in/out by its rules, batch on the batch axes,
+    metrics replicated; the state is donated (updated in place)."""
+    batch_shardings = {"image": parallel.batch_sharding(mesh, 4),
+                       "text_ids": parallel.batch_sharding(mesh, 2),
+                       "text_mask": parallel.batch_sharding(mesh, 2),
+                       "image_id": parallel.batch_sharding(mesh, 1)}
+    return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, parallel.replicated(mesh)),
+                   donate_argnums=(0,) if donate else ())

@@ -1,0 +1,44 @@
+"""Small configs and batches shared by the training tests."""
+
+import ml_collections
+import numpy as np
+
+from blip_jax.models.config import BlipConfig, TextConfig, VisionConfig
+from blip_jax.train.defaults import base_config
+
+# Smallest model that still has every part (ViT block, text layer with cross-attention,
+# tied decoder, LM head): keeps compile times of the many sharded variants low.
+MICRO = BlipConfig(
+    vision=VisionConfig(image_size=32, patch_size=16, width=32, depth=1, num_heads=2, mlp_dim=64),
+    text=TextConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                    max_position_embeddings=32),
+    embed_dim=16, tie_encoder_decoder=True)
+
+
+def micro_config(batch_size: int = 16, **loss) -> ml_collections.ConfigDict:
+    c = base_config("tiny")
+    c.model = MICRO.to_dict()
+    c.batch_size = batch_size
+    c.total_steps = 10
+    c.optim.lr = 1e-4
+    c.optim.warmup_steps = 0
+    c.loss.queue_size = 4 * batch_size
+    c.loss.alpha_ramp_epochs = 1.0
+    for k, v in loss.items():
+        c.loss[k] = v
+    return c
+
+
+def random_batch(batch_size: int = 16, length: int = 8, image_size: int = 32, seed: int = 0,
+                 duplicate_ids: bool = False) -> dict:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 3000, (batch_size, length)).astype(np.int32)
+    ids[:, 0] = 101
+    mask = np.ones((batch_size, length), np.int32)
+    mask[::3, length // 2:] = 0  # some padded captions
+    ids[mask == 0] = 0
+    image_id = np.arange(batch_size, dtype=np.int32)
+    if duplicate_ids:
+        image_id = image_id // 2
+    return {"image": rng.normal(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
+            "text_ids": ids, "text_mask": mask, "image_id": image_id}
