@@ -15,6 +15,8 @@ INSTALL_REQUIRES = [
     "grain==0.2.18",
     "ml_collections==1.1.0",
     "absl-py==2.5.1",
+    "importlib-resources==7.1.0",  # imported by tensorflow-datasets when building from a package
+    "tensorboard==2.21.0",
     "tokenizers==0.23.3",
     "safetensors==0.8.0",
     "pillow==13.0.0",

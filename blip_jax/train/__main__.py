@@ -6,7 +6,7 @@ Restarting with the same workdir resumes from its latest checkpoint. Multi-proce
 blip_jax/distributed.py and launch/.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -21,6 +21,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # orbax and grain log every save/read at INFO; the progress line is what users watch.
+    logging.set_verbosity(logging.WARNING)
     from blip_jax import distributed
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     from blip_jax.train.trainer import train

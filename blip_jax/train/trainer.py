@@ -183,8 +183,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         f"{ckpt.latest_step()} in {ckpt.directory}. Lower config.optim.lr, set "
                         f"config.optim.grad_clip_norm, or check the data.")
             if log_now:
-                elapsed = time.time() - t0
-                rate = (step - done_at_t0) * config.batch_size / max(elapsed, 1e-9)
+                # Throughput over the last logging window (the first one includes compilation).
+                now = time.time()
+                rate = (step - done_at_t0) * config.batch_size / max(now - t0, 1e-9)
+                t0, done_at_t0 = now, step
                 metrics["examples_per_sec"] = rate
                 metrics["eta_sec"] = (config.total_steps - step) * config.batch_size / max(rate, 1e-9)
                 if evaluator is not None and step % config.eval.every_steps == 0:

@@ -1,0 +1,166 @@
+"""Writes a TFDS (array_record) dataset from annotations + images, or the synthetic data.
+
+    python -m blip_jax.data.prepare --source json --data_dir DIR --annotations FILE [val=FILE ...] --image_root DIR
+    python -m blip_jax.data.prepare --source coco_karpathy --data_dir DIR --annotations dataset_coco.json --image_root DIR
+    python -m blip_jax.data.prepare --source synthetic --data_dir DIR --num_images 10000 --noise_rate 0.4 --seed 0
+
+Prints what it wrote and what it skipped; the same goes to prepare_report.json in the dataset's
+folder, which the input pipeline also reads (split sizes, image id ranges).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+from blip_jax.data import builders, synthetic
+from blip_jax.data.annotations import split_of
+from blip_jax.data.report import DataError, write_json
+
+REPORT_FILE = "prepare_report.json"
+SOURCES = ("json", "coco_karpathy", "flickr_karpathy", "synthetic")
+
+
+def dataset_dir(data_dir: str, dataset_name: str) -> str:
+    """data_dir/name[/config]/<newest version>, where TFDS put the dataset."""
+    found = glob.glob(os.path.join(data_dir, dataset_name, "*", "dataset_info.json"))
+    versions = sorted((tuple(int(v) for v in os.path.basename(os.path.dirname(p)).split(".")), p) for p in found
+                      if re.fullmatch(r"\d+\.\d+\.\d+", os.path.basename(os.path.dirname(p))))
+    if not versions:
+        raise DataError(f"no dataset {dataset_name!r} in {data_dir!r}: write it first with "
+                        f"`python -m blip_jax.data.prepare --data_dir {data_dir} ...`")
+    return os.path.dirname(versions[-1][1])
+
+
+def load_report(data_dir: str, dataset_name: str) -> dict[str, Any]:
+    path = os.path.join(dataset_dir(data_dir, dataset_name), REPORT_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path} missing: {dataset_name!r} was not written by blip_jax.data.prepare "
+                        f"(or an old version); rewrite it with --overwrite") from None
+
+
+def _full_name(builder: builders._ImageTextBuilder) -> str:
+    return f"{builder.name}/{builder.builder_config.name}" if builder.builder_config else builder.name
+
+
+def build(builder: builders._ImageTextBuilder, *, overwrite: bool = False) -> dict[str, Any]:
+    """Generates the dataset (unless already there) and writes/returns its report."""
+    out = builder.data_dir
+    if os.path.exists(out) and (overwrite or not os.path.exists(os.path.join(out, REPORT_FILE))):
+        shutil.rmtree(out)  # no report: a build that stopped before the end, or not ours
+    if os.path.exists(os.path.join(out, REPORT_FILE)):
+        with open(os.path.join(out, REPORT_FILE), encoding="utf-8") as f:
+            return {**json.load(f), "reused": True}
+    with tempfile.TemporaryDirectory() as downloads:  # TFDS wants one; nothing is downloaded
+        builder.download_and_prepare(download_dir=downloads)
+    report = {"dataset": _full_name(builder), "path": out, "source": builder.SOURCE,
+              "splits": builder.stats, "skip_counts": builder.report.counts(), "skipped": builder.report.to_list()}
+    if isinstance(builder, builders.BlipSynthetic):
+        report["noise_counts"] = builder.noise_counts
+    write_json(os.path.join(out, REPORT_FILE), report)
+    return report
+
+
+def make_builder(source: str, data_dir: str, *, annotations: Sequence[str] = (), image_root: str | None = None,
+                 name: str | None = None, verify_images: bool = True,
+                 **synthetic_kwargs: Any) -> builders._ImageTextBuilder:
+    if source == "synthetic":
+        return builders.BlipSynthetic(data_dir=data_dir, cfg=synthetic.SyntheticConfig(**synthetic_kwargs))
+    if source not in SOURCES:
+        raise DataError(f"unknown source {source!r}; expected one of {SOURCES}")
+    if not annotations or image_root is None:
+        raise DataError(f"--source {source} needs --annotations and --image_root")
+    if source == "json":
+        stem = os.path.splitext(os.path.basename(split_of(annotations[0])[1]))[0]
+        return builders.BlipPairs(data_dir=data_dir, name=name or stem, annotations=annotations,
+                                  image_root=image_root, verify_images=verify_images)
+    if len(annotations) != 1:
+        raise DataError(f"--source {source} takes one Karpathy split file, got {len(annotations)}")
+    cls = builders.BlipCocoKarpathy if source == "coco_karpathy" else builders.BlipFlickrKarpathy
+    return cls(data_dir=data_dir, annotations=annotations[0], image_root=image_root, verify_images=verify_images)
+
+
+def synthetic_dataset_name(**kwargs: Any) -> str:
+    """The name ensure_synthetic(data_dir, **kwargs) returns, without writing anything."""
+    return f"blip_synthetic/{synthetic.SyntheticConfig(**kwargs).name}"
+
+
+def ensure_synthetic(data_dir: str, **kwargs: Any) -> str:
+    """Writes the synthetic dataset for these SyntheticConfig kwargs unless it is already in
+    data_dir; returns its name for `tfds.data_source(name, data_dir=data_dir)` and the loaders.
+
+    With several processes sharing one data_dir, call it in one of them first (then sync):
+    concurrent writers of the same dataset race."""
+    builder = make_builder("synthetic", data_dir, **kwargs)
+    if not os.path.exists(os.path.join(builder.data_dir, REPORT_FILE)):
+        logging.getLogger(__name__).info("writing synthetic data to %s", builder.data_dir)
+    return build(builder)["dataset"]
+
+
+def summary(report: dict[str, Any]) -> str:
+    verb = "already prepared (use --overwrite to rebuild)" if report.get("reused") else "wrote"
+    lines = [f"{verb} {report['dataset']} at {report['path']}"]
+    for split, s in report["splits"].items():
+        lines.append(f"  {split}: {s['records']} records, {s['images']} images")
+    if "noise_counts" in report:
+        lines.append(f"  train_web caption noise: {report['noise_counts']}")
+    skipped = report["skipped"]
+    if skipped:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(report["skip_counts"].items()))
+        lines.append(f"skipped {len(skipped)} item(s): {kinds}")
+        lines += [f"  [{s['split']}] {s['file']}: {s['reason']}" for s in skipped[:50]]
+        if len(skipped) > 50:
+            lines.append(f"  ... {len(skipped) - 50} more in {os.path.join(report['path'], REPORT_FILE)}")
+    else:
+        lines.append("skipped nothing")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m blip_jax.data.prepare", description=__doc__.split("\n")[0])
+    p.add_argument("--source", required=True, choices=SOURCES)
+    p.add_argument("--data_dir", required=True, help="TFDS data dir to write into")
+    p.add_argument("--annotations", nargs="+", default=[],
+                   help="json: BLIP-format files, each optionally SPLIT=FILE (default split: train); "
+                        "karpathy: dataset_coco.json / dataset_flickr30k.json")
+    p.add_argument("--image_root", help="folder the annotation image paths are relative to")
+    p.add_argument("--name", help="json: dataset config name (default: the first annotation file's stem)")
+    p.add_argument("--num_images", type=int, default=10000, help="synthetic: train_web images")
+    p.add_argument("--noise_rate", type=float, default=0.4, help="synthetic: noisy fraction of train_web")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image_size", type=int, default=96, help="synthetic: rendered side in pixels")
+    p.add_argument("--overwrite", action="store_true", help="rebuild a dataset that already exists")
+    p.add_argument("--no_verify_images", action="store_true",
+                   help="skip the decode check of every image (faster; the pipeline still skips bad ones)")
+    args = p.parse_args(argv)
+    kwargs: dict[str, Any] = {}
+    if args.source == "synthetic":
+        kwargs = dict(num_images=args.num_images, noise_rate=args.noise_rate, seed=args.seed,
+                      image_size=args.image_size)
+    try:
+        builder = make_builder(args.source, args.data_dir, annotations=args.annotations,
+                               image_root=args.image_root, name=args.name,
+                               verify_images=not args.no_verify_images, **kwargs)
+        report = build(builder, overwrite=args.overwrite)
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary(report))
+    print(f"read it with tfds.data_source({report['dataset']!r}, data_dir={args.data_dir!r})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

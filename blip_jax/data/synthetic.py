@@ -1,0 +1,437 @@
+"""Built-in synthetic image-caption data: rendered shape scenes with captions true of the image,
+and a noisy web-like split whose corrupted captions carry their ground-truth noise label.
+
+A scene has one to three shapes (5 kinds, 8 colours, 2 sizes) on one of 6 gradient backgrounds.
+Colours are unique within a scene, so every caption can name an object by colour. Captions say
+what is in the picture, and often the size, the background, the count and how two shapes lie
+("a large red circle to the left of a small blue square"): a model has to look at colour, shape,
+size and position. Everything is a pure function of (seed, split, index): same seed, same data.
+
+Relations are stated only when the two centres are at least RELATION_MARGIN of the image apart
+along the dominant axis, so they survive small rotations and shears; mirroring the image makes
+left/right false, which the input pipeline handles by swapping those words (pipeline.py).
+Harsh crops cut shapes out of the picture and RandAugment's Equalize/AutoContrast shift the
+colours captions name: train on this data with a milder crop (scale 0.5-1) and without
+RandAugment, as configs/pretrain_tiny.py does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import re
+from collections.abc import Iterator
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle", "star", "cross")
+COLORS = {
+    "red": (215, 35, 35), "green": (30, 160, 50), "blue": (35, 75, 215), "yellow": (240, 215, 30),
+    "purple": (135, 50, 180), "orange": (245, 135, 20), "black": (20, 20, 20), "white": (250, 250, 250),
+}
+BACKGROUNDS = {
+    "gray": (160, 160, 160), "beige": (225, 210, 175), "light blue": (175, 205, 235),
+    "light green": (185, 220, 180), "dark gray": (60, 60, 65), "pink": (235, 185, 195),
+}
+SIZES = {"small": 0.095, "large": 0.16}  # shape radius as a fraction of the image side
+SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
+MIN_CONTRAST = 100.0      # RGB distance between a shape colour and its background
+RELATION_MARGIN = 0.12    # a stated relation needs centres this far apart (fraction of the side)
+RELATION_WORDS = {
+    "left": ("to the left of", "left of", "on the left of"),
+    "right": ("to the right of", "right of", "on the right of"),
+    "above": ("above", "over"),
+    "below": ("below", "under", "beneath"),
+}
+OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+NOISE_KINDS = ("clean", "other_caption", "alt_text", "wrong_attribute")
+# Generic web alt text; none names a colour, a shape or a size, so none is true of a scene.
+ALT_TEXTS = (
+    "free download hd wallpaper", "stock photo", "image may contain text", "click to enlarge",
+    "untitled design", "best price guaranteed, buy now", "hd wallpapers for desktop and mobile",
+    "screenshot 2019-03-14 at 10.22.45", "DSC_0417.JPG", "view larger image",
+    "logo template for your business", "new arrivals this week", "photo by john smith on unsplash",
+    "royalty free vector illustration", "shop now and save 20% off", "home decor ideas for 2020",
+    "thumbnail", "cover image", "follow us on social media", "product image 3 of 7",
+    "abstract art print poster", "wall art canvas print", "sale ends sunday", "IMG_20180512_153012",
+)
+SPLIT_CODES = {"train_web": 1, "train_clean": 2, "val": 3, "test": 4}
+CAPTIONS_PER_IMAGE = 5  # train_clean, val and test, like COCO
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    kind: str
+    color: str
+    size: str   # "small" | "large"
+    x: float    # centre, pixels
+    y: float
+    r: float    # radius, pixels
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    image_size: int
+    background: str
+    gradient: tuple[float, float, float]  # direction (dx, dy) and amplitude of the background shading
+    noise_seed: int
+    shapes: tuple[Shape, ...]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @staticmethod
+    def from_json(text: str) -> "Scene":
+        d = json.loads(text)
+        return Scene(d["image_size"], d["background"], tuple(d["gradient"]), d["noise_seed"],
+                     tuple(Shape(**s) for s in d["shapes"]))
+
+
+def _distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    return float(np.linalg.norm(np.subtract(a, b, dtype=np.float64)))
+
+
+def sample_scene(rng: np.random.Generator, image_size: int) -> Scene:
+    background = str(rng.choice(list(BACKGROUNDS)))
+    colors = [c for c, rgb in COLORS.items() if _distance(rgb, BACKGROUNDS[background]) >= MIN_CONTRAST]
+    count = int(rng.choice([1, 2, 3], p=[0.25, 0.45, 0.30]))
+    gap, margin = 0.06 * image_size, 0.04 * image_size
+    while True:  # dense 3-shape draws may not fit; redraw until they do (a handful of tries)
+        shapes: list[Shape] = []
+        for color in rng.choice(colors, size=count, replace=False):
+            size = str(rng.choice(list(SIZES)))
+            r = SIZES[size] * image_size * rng.uniform(0.92, 1.08)
+            for _ in range(100):
+                x, y = rng.uniform(r + margin, image_size - r - margin, size=2)
+                if all(math.hypot(x - s.x, y - s.y) > r + s.r + gap for s in shapes):
+                    shapes.append(Shape(str(rng.choice(SHAPES)), str(color), size, float(x), float(y), float(r)))
+                    break
+        if len(shapes) == count:
+            break
+    angle = rng.uniform(0, 2 * math.pi)
+    gradient = (math.cos(angle), math.sin(angle), float(rng.uniform(0, 18)))
+    return Scene(image_size, background, gradient, int(rng.integers(2**31)), tuple(shapes))
+
+
+def _outline(s: Shape, k: float) -> list[tuple[float, float]] | None:
+    """Polygon of a shape at supersampling factor k (None: draw as an ellipse)."""
+    x, y, r = s.x * k, s.y * k, s.r * k
+    if s.kind == "circle":
+        return None
+    if s.kind == "square":
+        h = 0.85 * r
+        return [(x - h, y - h), (x + h, y - h), (x + h, y + h), (x - h, y + h)]
+    if s.kind == "triangle":  # equilateral, apex up, centroid at the centre
+        return [(x + r * math.cos(a), y - r * math.sin(a)) for a in (math.pi / 2, 7 * math.pi / 6, 11 * math.pi / 6)]
+    if s.kind == "star":  # five points, inner radius 0.45
+        return [(x + rr * math.sin(i * math.pi / 5), y - rr * math.cos(i * math.pi / 5))
+                for i, rr in zip(range(10), [r, 0.45 * r] * 5)]
+    if s.kind == "cross":  # a plus sign, arm half-width 0.4
+        a, w = 0.95 * r, 0.4 * r
+        return [(x - w, y - a), (x + w, y - a), (x + w, y - w), (x + a, y - w), (x + a, y + w), (x + w, y + w),
+                (x + w, y + a), (x - w, y + a), (x - w, y + w), (x - a, y + w), (x - a, y - w), (x - w, y - w)]
+    raise ValueError(f"unknown shape kind {s.kind!r}")
+
+
+def render(scene: Scene, supersample: int = 3) -> Image.Image:
+    """The scene as an RGB image: shaded background, anti-aliased shapes, light sensor noise."""
+    n, k = scene.image_size, supersample
+    coords = (np.arange(n * k) + 0.5) / (n * k) - 0.5
+    dx, dy, amp = scene.gradient
+    shade = 2 * amp * (dx * coords[None, :] + dy * coords[:, None])  # in [-amp, amp]
+    pixels = np.clip(np.asarray(BACKGROUNDS[scene.background], np.float32) + shade[..., None], 0, 255)
+    img = Image.fromarray(pixels.astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for s in scene.shapes:
+        outline = _outline(s, k)
+        if outline is None:
+            draw.ellipse([(s.x - s.r) * k, (s.y - s.r) * k, (s.x + s.r) * k, (s.y + s.r) * k], fill=COLORS[s.color])
+        else:
+            draw.polygon(outline, fill=COLORS[s.color])
+    img = img.reduce(k)  # box filter: anti-aliased edges
+    noise = np.random.default_rng(scene.noise_seed).normal(0, 3.0, (n, n, 3))
+    return Image.fromarray(np.clip(np.asarray(img, np.float32) + noise, 0, 255).round().astype(np.uint8))
+
+
+def encode_jpeg(img: Image.Image, quality: int = 92) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality, subsampling=0)  # 4:4:4 keeps small shapes' colour
+    return buf.getvalue()
+
+
+# ---- captions ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Mention:
+    color: str
+    kind: str
+    size: str | None = None   # None: size not stated
+    size_word: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Relation:
+    a: int          # mention indices: "mention a <rel> mention b"
+    rel: str        # left | right | above | below
+    b: int
+    phrase: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Caption:
+    """A caption as structure (what it claims) plus the word choices that make its text."""
+    template: str
+    mentions: tuple[Mention, ...] = ()
+    relations: tuple[Relation, ...] = ()
+    count: int | None = None
+    background: str | None = None
+
+    @property
+    def text(self) -> str:
+        def np_(i: int, definite: bool = False) -> str:
+            m = self.mentions[i]
+            words = " ".join(w for w in (m.size_word if not definite else "", m.color, m.kind) if w)
+            article = "the" if definite else ("an" if words[0] in "aeiou" else "a")
+            return f"{article} {words}"
+        fields = {f"m{i}": np_(i) for i in range(len(self.mentions))}
+        fields.update({f"d{i}": np_(i, definite=True) for i in range(len(self.mentions))})
+        fields.update({f"r{i}": r.phrase for i, r in enumerate(self.relations)})
+        return self.template.format(bg=self.background, **fields)
+
+
+# (template, relation pairs (mention a, mention b), states count, states background)
+_TEMPLATES = {
+    1: [("{m0}", (), False, False), ("there is {m0}", (), False, False),
+        ("{m0} on a {bg} background", (), False, True), ("a {bg} background with {m0}", (), False, True),
+        ("one shape, {m0}", (), True, False)],
+    2: [("{m0} {r0} {m1}", ((0, 1),), False, False), ("{m0} is {r0} {m1}", ((0, 1),), False, False),
+        ("{m0} {r0} {m1} on a {bg} background", ((0, 1),), False, True), ("{m0} and {m1}", (), False, False),
+        ("two shapes, {m0} and {m1}", (), True, False), ("{m0} and {m1} on a {bg} background", (), False, True)],
+    3: [("{m0} {r0} {m1}, and {m2} {r1} {d1}", ((0, 1), (2, 1)), False, False),
+        ("{m0} {r0} {m1}", ((0, 1),), False, False), ("{m0}, {m1} and {m2}", (), False, False),
+        ("three shapes, {m0}, {m1} and {m2}", (), True, False)],
+}
+
+
+def relation(a: Shape, b: Shape, image_size: int) -> str | None:
+    """How a lies relative to b along the dominant axis, or None when not clearly apart."""
+    dx, dy = b.x - a.x, b.y - a.y
+    if max(abs(dx), abs(dy)) < RELATION_MARGIN * image_size:
+        return None
+    if abs(dx) >= abs(dy):
+        return "left" if dx > 0 else "right"
+    return "above" if dy > 0 else "below"
+
+
+def describe(scene: Scene, rng: np.random.Generator) -> Caption:
+    """A random caption that is true of the scene."""
+    shapes = scene.shapes
+    order = [int(i) for i in rng.permutation(len(shapes))]
+    candidates = []
+    for template, pairs, has_count, has_bg in _TEMPLATES[len(shapes)]:
+        rels = [relation(shapes[order[a]], shapes[order[b]], scene.image_size) for a, b in pairs]
+        if all(rels):
+            candidates.append((template, pairs, rels, has_count, has_bg))
+    template, pairs, rels, has_count, has_bg = candidates[int(rng.integers(len(candidates)))]
+    n_mentions = 1 + max(int(i) for i in re.findall(r"\{[md](\d)\}", template))
+    mentions = []
+    for i in order[:n_mentions]:
+        s = shapes[i]
+        stated = rng.random() < 0.7
+        mentions.append(Mention(s.color, s.kind, s.size if stated else None,
+                                str(rng.choice(SIZE_WORDS[s.size])) if stated else ""))
+    relations = tuple(Relation(a, rel, b, str(rng.choice(RELATION_WORDS[rel]))) for (a, b), rel in zip(pairs, rels))
+    return Caption(template, tuple(mentions), relations, len(shapes) if has_count else None,
+                   scene.background if has_bg else None)
+
+
+def is_true(caption: Caption, scene: Scene) -> bool:
+    """Whether some assignment of the mentions to distinct shapes makes every claim hold.
+
+    Relations are judged leniently (any offset in the stated direction), so a caption this calls
+    false is false by any reading: that is what noisy captions are checked against.
+    """
+    if caption.count is not None and caption.count != len(scene.shapes):
+        return False
+    if caption.background is not None and caption.background != scene.background:
+        return False
+    options = [[s for s in scene.shapes if s.color == m.color and s.kind == m.kind and m.size in (None, s.size)]
+               for m in caption.mentions]
+
+    def holds(assign: list[Shape]) -> bool:
+        for r in caption.relations:
+            a, b = assign[r.a], assign[r.b]
+            offset = {"left": b.x - a.x, "right": a.x - b.x, "above": b.y - a.y, "below": a.y - b.y}[r.rel]
+            if offset <= 0:
+                return False
+        return True
+
+    def search(i: int, assign: list[Shape]) -> bool:
+        if i == len(options):
+            return holds(assign)
+        return any(search(i + 1, assign + [s]) for s in options[i] if s not in assign)
+
+    return search(0, [])
+
+
+def wrong_attribute(caption: Caption, scene: Scene, rng: np.random.Generator) -> Caption | None:
+    """The caption with one attribute (colour, shape, size or relation) changed so it is false."""
+    edits = ["color", "kind"] + (["size"] if any(m.size for m in caption.mentions) else [])
+    edits += ["relation"] if caption.relations else []
+    for _ in range(20):
+        edit = str(rng.choice(edits))
+        mentions, relations = list(caption.mentions), list(caption.relations)
+        if edit == "relation":
+            i = int(rng.integers(len(relations)))
+            new = OPPOSITE[relations[i].rel]
+            relations[i] = dataclasses.replace(relations[i], rel=new, phrase=str(rng.choice(RELATION_WORDS[new])))
+        else:
+            i = int(rng.choice([j for j, m in enumerate(mentions) if edit != "size" or m.size]))
+            m = mentions[i]
+            if edit == "color":  # a colour absent from the scene
+                used = {s.color for s in scene.shapes}
+                m = dataclasses.replace(m, color=str(rng.choice([c for c in COLORS if c not in used])))
+            elif edit == "kind":
+                m = dataclasses.replace(m, kind=str(rng.choice([k for k in SHAPES if k != m.kind])))
+            else:
+                size = "small" if m.size == "large" else "large"
+                m = dataclasses.replace(m, size=size, size_word=str(rng.choice(SIZE_WORDS[size])))
+            mentions[i] = m
+        wrong = dataclasses.replace(caption, mentions=tuple(mentions), relations=tuple(relations))
+        if not is_true(wrong, scene):
+            return wrong
+    return None
+
+
+def web_style(text: str, rng: np.random.Generator) -> str:
+    """Web-like surface noise that keeps the meaning (case, punctuation, a prefix); pre_caption
+    undoes most of it."""
+    style = int(rng.integers(5))
+    if style == 1:
+        text = text[0].upper() + text[1:] + "."
+    elif style == 2:
+        text = f"{rng.choice(['photo of', 'image of', 'picture of'])} {text}"
+    elif style == 3:
+        text = text.title() + str(rng.choice(["!", "!!", " ...", " :)"]))
+    elif style == 4:
+        text = text.upper()
+    return text
+
+
+# ---- datasets ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    num_images: int = 10000         # train_web images (one caption each)
+    noise_rate: float = 0.4         # fraction of train_web captions replaced by noise
+    seed: int = 0
+    image_size: int = 96            # rendered side; shapes stay visible at the tiny 64 px input
+    clean_images: int | None = None  # train_clean images (5 captions each); default num_images // 5
+    eval_images: int | None = None   # val and test images each (5 references); default num_images // 10
+
+    def __post_init__(self) -> None:
+        if self.num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {self.num_images}")
+        if not 0.0 <= self.noise_rate <= 1.0:
+            raise ValueError(f"noise_rate must be in [0, 1], got {self.noise_rate}")
+        if self.image_size < 32:
+            raise ValueError(f"image_size must be >= 32 px for shapes to be recognisable, got {self.image_size}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be a 32-bit non-negative integer, got {self.seed}")
+
+    def split_sizes(self) -> dict[str, int]:
+        clean = self.clean_images if self.clean_images is not None else max(1, self.num_images // 5)
+        evals = self.eval_images if self.eval_images is not None else max(1, self.num_images // 10)
+        return {"train_web": self.num_images, "train_clean": clean, "val": evals, "test": evals}
+
+    @property
+    def name(self) -> str:
+        """TFDS config name: every parameter that changes the data is in it."""
+        sizes = self.split_sizes()
+        extra = "" if (self.clean_images, self.eval_images) == (None, None) else \
+            f"_c{sizes['train_clean']}_e{sizes['val']}"
+        return f"n{self.num_images}_noise{self.noise_rate:g}_seed{self.seed}_px{self.image_size}{extra}"
+
+    def first_image_id(self, split: str) -> int:
+        """Image ids are unique across the splits: train_web, train_clean, val, test in turn."""
+        sizes, start = self.split_sizes(), 0
+        for name in SPLIT_CODES:
+            if name == split:
+                return start
+            start += sizes[name]
+        raise ValueError(f"unknown synthetic split {split!r}; expected one of {list(SPLIT_CODES)}")
+
+
+@dataclasses.dataclass
+class Example:
+    image_id: int
+    image_path: str
+    scene: Scene
+    captions: list[str]
+    noise: int = 0            # index into NOISE_KINDS (train_web only)
+    clean_caption: str = ""   # a true caption (for a noisy train_web example: what the noise replaced)
+
+    def image_bytes(self) -> bytes:
+        return encode_jpeg(render(self.scene))
+
+
+def scene_at(cfg: SyntheticConfig, split: str, index: int) -> Scene:
+    return sample_scene(np.random.default_rng([cfg.seed, SPLIT_CODES[split], index]), cfg.image_size)
+
+
+def noise_kinds(cfg: SyntheticConfig) -> np.ndarray:
+    """Noise kind of each train_web image: exactly round(rate * n) are noisy, the kinds in turn."""
+    n = cfg.num_images
+    kinds = np.zeros(n, np.int32)
+    noisy = np.random.default_rng([cfg.seed, SPLIT_CODES["train_web"], 2**31]).permutation(n)[:round(cfg.noise_rate * n)]
+    kinds[noisy] = 1 + np.arange(len(noisy)) % (len(NOISE_KINDS) - 1)
+    return kinds
+
+
+def _distinct_captions(scene: Scene, rng: np.random.Generator, n: int) -> list[str]:
+    texts: list[str] = []
+    for _ in range(20 * n):  # small scenes have few distinct phrasings: allow repeats after that
+        text = describe(scene, rng).text
+        if text not in texts:
+            texts.append(text)
+        if len(texts) == n:
+            return texts
+    return texts + [describe(scene, rng).text for _ in range(n - len(texts))]
+
+
+def generate(cfg: SyntheticConfig, split: str) -> Iterator[Example]:
+    """Examples of one split in index order (images rendered lazily by Example.image_bytes)."""
+    first_id, code = cfg.first_image_id(split), SPLIT_CODES[split]
+    kinds = noise_kinds(cfg) if split == "train_web" else None
+    for i in range(cfg.split_sizes()[split]):
+        scene = scene_at(cfg, split, i)
+        rng = np.random.default_rng([cfg.seed, code, i, 1])
+        path = f"{split}/{i:06d}.jpg"
+        if kinds is None:
+            captions = _distinct_captions(scene, rng, CAPTIONS_PER_IMAGE)
+            yield Example(first_id + i, path, scene, captions, 0, captions[0])
+            continue
+        clean = describe(scene, rng)
+        kind, text = int(kinds[i]), None
+        if NOISE_KINDS[kind] == "other_caption":
+            for _ in range(20):  # another image's true caption, if it is false here
+                j = int(rng.integers(cfg.num_images - 1))
+                j += j >= i
+                donor = describe(scene_at(cfg, split, j), np.random.default_rng([cfg.seed, code, j, 1]))
+                if not is_true(donor, scene):
+                    text = donor.text
+                    break
+            if text is None:  # a tiny split where every other caption also fits: change an attribute
+                kind = NOISE_KINDS.index("wrong_attribute")
+        if NOISE_KINDS[kind] == "alt_text":
+            text = str(rng.choice(ALT_TEXTS))
+        if NOISE_KINDS[kind] == "wrong_attribute":
+            wrong = wrong_attribute(clean, scene, rng)
+            text = wrong.text if wrong is not None else str(rng.choice(ALT_TEXTS))
+            kind = kind if wrong is not None else NOISE_KINDS.index("alt_text")
+        if kind == 0:
+            text = clean.text
+        yield Example(first_id + i, path, scene, [web_style(text, rng)], kind, clean.text)
