@@ -81,3 +81,24 @@ def test_gradient_accumulation_equals_full_batch(reference):
     acc = micro_config(grad_accum_steps=4)
     state, hist, _ = _run(acc, {"data": 1}, jax.devices()[:1], batches)
     _assert_same(ref_state, ref_hist, state, hist)
+
+
+def test_checkpoint_restores_onto_another_mesh(tmp_path):
+    """A state saved from a (8,1,1) mesh restores onto (2,2,2) with every leaf equal and the new
+    shardings (orbax reshards on load)."""
+    from blip_jax.train.checkpointing import TrainCheckpointer
+    config = micro_config()
+    a = trainer.build(config, steps_per_epoch=5, mesh=parallel.make_mesh({"data": 8}))
+    state, _ = a.step_fn(a.state, parallel.global_batch(random_batch(), a.mesh))
+    ckpt = TrainCheckpointer(str(tmp_path), keep=2)
+    ckpt.save(1, state, b"iterator-state")
+    ckpt.wait()
+    b = trainer.build(config, steps_per_epoch=5,
+                      mesh=parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
+    restored, data_state = ckpt.restore(1, b.abstract_state)
+    ckpt.close()
+    assert data_state == b"iterator-state"
+    for x, y, s in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored),
+                       jax.tree_util.tree_leaves(b.shardings)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        assert y.sharding == s
