@@ -29,11 +29,11 @@ class TextEmbeddings(nn.Module):
         self.word_embeddings = nn.Embed(
             c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=jnp.float32,
             embedding_init=nn.with_logical_partitioning(
-                layers.default_kernel_init, ("vocab", "embed")))
+                layers.normal_init(c.init_std), ("vocab", "embed")))
         self.position_embeddings = nn.Embed(
             c.max_position_embeddings, c.hidden_size, dtype=self.dtype, param_dtype=jnp.float32,
             embedding_init=nn.with_logical_partitioning(
-                layers.default_kernel_init, ("pos", "embed")))
+                layers.normal_init(c.init_std), ("pos", "embed")))
         self.norm = layers.layer_norm(c.layer_norm_eps, "norm", self.dtype)
         self.dropout = nn.Dropout(c.dropout_rate)
 
@@ -58,10 +58,10 @@ class TextAttention(nn.Module):
                  deterministic: bool, decode: bool) -> jax.Array:
         c = self.config
         heads, width = c.num_heads, c.hidden_size
-        q = layers.split_heads(layers.dense(width, ("embed", "heads"), "query", self.dtype)(x), heads)
+        q = layers.split_heads(layers.dense(width, ("embed", "heads"), "query", self.dtype, c.init_std)(x), heads)
         project_kv = lambda t: (
-            layers.split_heads(layers.dense(width, ("embed", "heads"), "key", self.dtype)(t), heads),
-            layers.split_heads(layers.dense(width, ("embed", "heads"), "value", self.dtype)(t), heads))
+            layers.split_heads(layers.dense(width, ("embed", "heads"), "key", self.dtype, c.init_std)(t), heads),
+            layers.split_heads(layers.dense(width, ("embed", "heads"), "value", self.dtype, c.init_std)(t), heads))
 
         if self.cross:
             if decode:
@@ -75,7 +75,7 @@ class TextAttention(nn.Module):
 
         dropout = nn.Dropout(c.attention_dropout_rate)
         out = layers.dot_product_attention(q, k, v, mask, dropout, deterministic)
-        out = layers.dense(width, ("heads", "embed"), "out", self.dtype)(out)
+        out = layers.dense(width, ("heads", "embed"), "out", self.dtype, c.init_std)(out)
         out = nn.Dropout(c.dropout_rate)(out, deterministic=deterministic)
         return layers.layer_norm(c.layer_norm_eps, "norm", self.dtype)(out + x)
 
@@ -140,8 +140,8 @@ class TextLayer(nn.Module):
         if self.cross_attention and (context is not None or self.decode):
             x = TextAttention(c, cross=True, dtype=self.dtype, name="crossattention")(
                 x, context_mask, context, self.deterministic, self.decode)
-        h = layers.dense(c.intermediate_size, ("embed", "mlp"), "intermediate", self.dtype)(x)
-        h = layers.dense(c.hidden_size, ("mlp", "embed"), "output", self.dtype)(layers.gelu(h))
+        h = layers.dense(c.intermediate_size, ("embed", "mlp"), "intermediate", self.dtype, c.init_std)(x)
+        h = layers.dense(c.hidden_size, ("mlp", "embed"), "output", self.dtype, c.init_std)(layers.gelu(h))
         h = nn.Dropout(c.dropout_rate)(h, deterministic=self.deterministic)
         return layers.layer_norm(c.layer_norm_eps, "output_norm", self.dtype)(h + x)
 
@@ -155,7 +155,7 @@ class LMHead(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, embeddings: TextEmbeddings) -> jax.Array:
         c = self.config
-        x = layers.dense(c.hidden_size, ("embed", "embed_out"), "transform", self.dtype)(x)
+        x = layers.dense(c.hidden_size, ("embed", "embed_out"), "transform", self.dtype, c.init_std)(x)
         x = layers.layer_norm(c.layer_norm_eps, "transform_norm", self.dtype)(layers.gelu(x))
         bias = self.param("bias", nn.with_logical_partitioning(
             nn.initializers.zeros_init(), ("vocab",)), (c.vocab_size,))

@@ -54,9 +54,10 @@ class Blip(nn.Module):
         if c.text_decoder and not c.tie_encoder_decoder:
             self.text_decoder = TextTransformer(c.text, cross_attention=True, lm_head=True, dtype=dtype)
         if c.itc_itm_heads:
-            self.vision_proj = layers.dense(c.embed_dim, ("embed", "proj"), "vision_proj", dtype)
-            self.text_proj = layers.dense(c.embed_dim, ("embed", "proj"), "text_proj", dtype)
-            self.itm_head = layers.dense(2, ("embed", None), "itm_head", dtype)
+            std = c.text.init_std
+            self.vision_proj = layers.dense(c.embed_dim, ("embed", "proj"), "vision_proj", dtype, std)
+            self.text_proj = layers.dense(c.embed_dim, ("embed", "proj"), "text_proj", dtype, std)
+            self.itm_head = layers.dense(2, ("embed", None), "itm_head", dtype, std)
             self.temp = Scalar(c.temp_init)
 
     @property

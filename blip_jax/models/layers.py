@@ -17,18 +17,21 @@ import jax.numpy as jnp
 
 Dtype = Any
 
-# BERT and ViT both initialise weights with a (truncated) normal of std 0.02.
-default_kernel_init = nn.initializers.truncated_normal(stddev=0.02)
+def normal_init(std: float):
+    """BERT and ViT initialise weights with a truncated normal, std 0.02 at their widths (the
+    config's init_std; small models need a larger one, see models/config.py)."""
+    return nn.initializers.truncated_normal(stddev=std)
 
 
-def dense(features: int, axes: tuple[str, str], name: str, dtype: Dtype, use_bias: bool = True):
+def dense(features: int, axes: tuple[str, str], name: str, dtype: Dtype, init_std: float,
+          use_bias: bool = True):
     """nn.Dense whose kernel and bias carry logical axis names."""
     return nn.Dense(
         features,
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(default_kernel_init, axes),
+        kernel_init=nn.with_logical_partitioning(normal_init(init_std), axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
         name=name,
     )

@@ -16,15 +16,16 @@ from blip_jax.models.config import VisionConfig
 class VitAttention(nn.Module):
     num_heads: int
     dtype: Any
+    init_std: float
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
         # One fused projection, output ordered [q | k | v], each head-major like the original.
-        qkv = layers.dense(3 * width, ("embed", "heads"), "qkv", self.dtype)(x)
+        qkv = layers.dense(3 * width, ("embed", "heads"), "qkv", self.dtype, self.init_std)(x)
         q, k, v = (layers.split_heads(t, self.num_heads) for t in jnp.split(qkv, 3, axis=-1))
         out = layers.dot_product_attention(q, k, v, mask=None)
-        return layers.dense(width, ("heads", "embed"), "proj", self.dtype)(out)
+        return layers.dense(width, ("heads", "embed"), "proj", self.dtype, self.init_std)(out)
 
 
 class VitBlock(nn.Module):
@@ -38,10 +39,10 @@ class VitBlock(nn.Module):
         c = self.config
         drop = layers.DropPath(self.drop_path)
         h = layers.layer_norm(c.layer_norm_eps, "norm1", self.dtype)(x)
-        x = x + drop(VitAttention(c.num_heads, self.dtype, name="attn")(h), self.deterministic)
+        x = x + drop(VitAttention(c.num_heads, self.dtype, c.init_std, name="attn")(h), self.deterministic)
         h = layers.layer_norm(c.layer_norm_eps, "norm2", self.dtype)(x)
-        h = layers.dense(c.mlp_dim, ("embed", "mlp"), "fc1", self.dtype)(h)
-        h = layers.dense(c.width, ("mlp", "embed"), "fc2", self.dtype)(layers.gelu(h))
+        h = layers.dense(c.mlp_dim, ("embed", "mlp"), "fc1", self.dtype, c.init_std)(h)
+        h = layers.dense(c.width, ("mlp", "embed"), "fc2", self.dtype, c.init_std)(layers.gelu(h))
         return x + drop(h, self.deterministic)
 
 
@@ -64,14 +65,14 @@ class VisionTransformer(nn.Module):
             c.width, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size),
             padding="VALID", dtype=self.dtype, param_dtype=jnp.float32,
             kernel_init=nn.with_logical_partitioning(
-                layers.default_kernel_init, (None, None, None, "embed")),
+                layers.normal_init(c.init_std), (None, None, None, "embed")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
             name="patch_embed")(images.astype(self.dtype))
         x = x.reshape(x.shape[0], -1, c.width)
         cls = self.param("cls_token", nn.with_logical_partitioning(
-            layers.default_kernel_init, (None, None, "embed")), (1, 1, c.width))
+            layers.normal_init(c.init_std), (None, None, "embed")), (1, 1, c.width))
         pos = self.param("pos_embed", nn.with_logical_partitioning(
-            layers.default_kernel_init, (None, "pos", "embed")), (1, c.num_tokens, c.width))
+            layers.normal_init(c.init_std), (None, "pos", "embed")), (1, c.num_tokens, c.width))
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, c.width)).astype(x.dtype), x], 1)
         x = x + pos.astype(x.dtype)
 
