@@ -200,14 +200,16 @@ def test_load_original_places_every_tensor(original_file):
 
 def test_load_original_infers_the_architecture(original_file):
     """Without a config: everything but the head count is read off the tensor shapes (heads
-    follow the width/64 convention of ViT-B/L and BERT-base)."""
+    follow the width/64 convention of ViT-B/L and BERT-base; the init std of random init is not
+    in a .pth and keeps its default)."""
     f = original_file
     cfg, _, _, _ = load_original(f["path"], image_size=LOAD_SIZE)
     want = f["config"]
     assert (cfg.vision.image_size, cfg.vision.patch_size, cfg.vision.width, cfg.vision.depth,
             cfg.vision.mlp_dim) == (LOAD_SIZE, 16, want.vision.width, want.vision.depth,
                                     want.vision.mlp_dim)
-    assert dataclasses.replace(cfg.text, num_heads=want.text.num_heads) == want.text
+    assert dataclasses.replace(cfg.text, num_heads=want.text.num_heads,
+                               init_std=want.text.init_std) == want.text
     assert (cfg.tie_encoder_decoder, cfg.text_encoder, cfg.text_decoder, cfg.itc_itm_heads,
             cfg.decoder_context, cfg.embed_dim) == (True, True, True, True, "image", want.embed_dim)
 

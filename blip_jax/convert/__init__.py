@@ -71,13 +71,15 @@ def config_from_hf(hf: Mapping, image_size: Optional[int] = None) -> BlipConfig:
         image_size=image_size or v.get("image_size", 384), patch_size=v.get("patch_size", 16),
         width=v.get("hidden_size", 768), depth=v.get("num_hidden_layers", 12),
         num_heads=v.get("num_attention_heads", 12), mlp_dim=v.get("intermediate_size", 3072),
-        layer_norm_eps=v.get("layer_norm_eps", 1e-5))
+        layer_norm_eps=v.get("layer_norm_eps", 1e-5),
+        init_std=v.get("initializer_range", 0.02))
     text = TextConfig(
         vocab_size=t.get("vocab_size", 30524), hidden_size=t.get("hidden_size", 768),
         num_layers=t.get("num_hidden_layers", 12), num_heads=t.get("num_attention_heads", 8),
         intermediate_size=t.get("intermediate_size", 3072),
         max_position_embeddings=t.get("max_position_embeddings", 512),
-        layer_norm_eps=t.get("layer_norm_eps", 1e-12))
+        layer_norm_eps=t.get("layer_norm_eps", 1e-12),
+        init_std=t.get("initializer_range", 0.02))
     return BlipConfig(vision=vision, text=text, embed_dim=hf.get("image_text_hidden_size", 256),
                       **HF_ARCHITECTURES[arch])
 
@@ -123,12 +125,14 @@ def hf_config_dict(config: BlipConfig, architecture: str) -> dict:
         "vision_config": {"model_type": "blip_vision_model", "hidden_size": v.width,
                           "intermediate_size": v.mlp_dim, "num_hidden_layers": v.depth,
                           "num_attention_heads": v.num_heads, "image_size": v.image_size,
-                          "patch_size": v.patch_size, "layer_norm_eps": v.layer_norm_eps},
+                          "patch_size": v.patch_size, "layer_norm_eps": v.layer_norm_eps,
+                          "initializer_range": v.init_std},
         "text_config": {"model_type": "blip_text_model", "vocab_size": t.vocab_size,
                         "hidden_size": t.hidden_size, "num_hidden_layers": t.num_layers,
                         "num_attention_heads": t.num_heads, "intermediate_size": t.intermediate_size,
                         "max_position_embeddings": t.max_position_embeddings,
                         "layer_norm_eps": t.layer_norm_eps, "encoder_hidden_size": v.width,
+                        "initializer_range": t.init_std,
                         "bos_token_id": 30522, "pad_token_id": 0, "sep_token_id": 102},
     }
 
