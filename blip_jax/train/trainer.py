@@ -132,7 +132,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     steps_per_epoch = config.steps_per_epoch or max(1, data.num_examples // config.batch_size)
     init_params = None
     if config.init_checkpoint:
-        init_cfg, init_params = model_checkpoint.load_model(config.init_checkpoint)
+        _, init_params = model_checkpoint.load_model(config.init_checkpoint)
         model_checkpoint.check_params_fit(init_params, BlipConfig.from_dict(config.model.to_dict()),
                                           what=f"init_checkpoint {config.init_checkpoint}")
     setup = build(config, steps_per_epoch, init_params=init_params)
