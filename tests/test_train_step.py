@@ -102,3 +102,20 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
                        jax.tree_util.tree_leaves(b.shardings)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
         assert y.sharding == s
+
+
+def test_training_starts_from_given_params():
+    """config.init_checkpoint's path: the state starts from the given params (momentum copies
+    them), not from a random init."""
+    from blip_jax.models import init_params
+    from train_utils import MICRO
+    config = micro_config()
+    start = init_params(MICRO, jax.random.key(123))
+    setup = trainer.build(config, steps_per_epoch=5, mesh=parallel.make_mesh({"data": 8}),
+                          init_params=start)
+    got = jax.device_get(setup.state.params)
+    for a, b in zip(jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(got)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    np.testing.assert_array_equal(
+        np.asarray(start["vision"]["block_0"]["fc1"]["kernel"]),
+        jax.device_get(setup.state.momentum["vision"]["block_0"]["fc1"]["kernel"]))
