@@ -95,8 +95,7 @@ def sample_hard_negatives(rng: jax.Array, sim_i2t: jax.Array, sim_t2i: jax.Array
         rows = sim[:, :batch].reshape(groups, size, batch)
         blocks = jnp.stack([rows[g, :, g * size:(g + 1) * size] for g in range(groups)])
         ids = None if image_ids is None else image_ids.reshape(groups, size)
-        w = jax.vmap(lambda b, i: hard_negative_weights(b, i))(blocks, ids) if ids is not None \
-            else jax.vmap(hard_negative_weights)(blocks)
+        w = jax.vmap(hard_negative_weights)(blocks, ids)  # ids None: an empty pytree
         pick = jax.random.categorical(key, jnp.log(w), axis=-1)  # [G, size]
         return (pick + offsets[:, None]).reshape(batch)
 
