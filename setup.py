@@ -21,6 +21,10 @@ INSTALL_REQUIRES = [
     "safetensors==0.8.0",
     "pillow==13.0.0",
     "numpy==2.4.6",
+    # COCO caption metrics (BLEU, METEOR, ROUGE-L, CIDEr, SPICE); METEOR/SPICE and the PTB
+    # tokenizer run bundled Java jars (a JRE must be on PATH for those).
+    "pycocoevalcap==1.2",
+    "matplotlib==3.11.2",  # the bootstrap experiment's plot
 ]
 
 setup(
