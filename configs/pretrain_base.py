@@ -11,8 +11,8 @@ from blip_jax.train.defaults import base_config
 def get_config():
     c = base_config("base", tie_encoder_decoder=True)
     c.data.prepare_synthetic = False
-    c.data.train_sources = [("blip_json", "train")]
-    c.data.eval_source = ("coco_karpathy", "val")
+    c.data.train_sources = [("blip_pairs/mine", "train")]
+    c.data.eval_source = ("blip_coco_karpathy", "val")
     c.data.randaugment = False  # the original pre-training applies crop + flip only
     c.data.workers = 8
     c.batch_size = 2880

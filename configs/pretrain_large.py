@@ -11,8 +11,8 @@ def get_config():
     c = base_config("large", tie_encoder_decoder=True)
     c.model.vision.remat_layers = 12
     c.data.prepare_synthetic = False
-    c.data.train_sources = [("blip_json", "train")]
-    c.data.eval_source = ("coco_karpathy", "val")
+    c.data.train_sources = [("blip_pairs/mine", "train")]
+    c.data.eval_source = ("blip_coco_karpathy", "val")
     c.data.randaugment = False
     c.data.workers = 8
     c.batch_size = 2400

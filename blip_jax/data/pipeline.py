@@ -73,6 +73,7 @@ class _TrainExample(grain.transforms.RandomMap, _Tokenizing):
     randaug: bool
     randaug_ops: tuple[str, ...]
     flip: str
+    prompt: str = ""
 
     def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         where = element["where"]
@@ -92,7 +93,9 @@ class _TrainExample(grain.transforms.RandomMap, _Tokenizing):
             return {"_skip": f"{where}: empty caption"}
         if flipped and self.flip == "swap":
             text = transforms.swap_left_right(text)
-        ids, mask = self.encode(text, self.max_tokens)
+        # Captioning fine-tunes prepend the prompt to every target ("a picture of " + caption),
+        # as the original does; the LM loss skips its tokens.
+        ids, mask = self.encode(self.prompt + text, self.max_tokens)
         return {"image": normalize(np.asarray(img, np.uint8)), "text_ids": ids, "text_mask": mask,
                 "image_id": np.int32(element["image_id"])}
 
@@ -181,12 +184,14 @@ def make_train_loader(data_dir: str, dataset_name: str | Sequence[Source], split
                       seed: int = 0, num_epochs: int | None = None, shard_index: int = 0, shard_count: int = 1,
                       worker_count: int = 0, worker_buffer_size: int = 2, scale: tuple[float, float] = (0.2, 1.0),
                       randaug: bool = True, randaug_ops: Sequence[str] = transforms.RANDAUG_OPS,
-                      flip: str = "swap", read_threads: int = 4, read_buffer: int = 256) -> TrainLoader:
+                      flip: str = "swap", prompt: str = "", read_threads: int = 4,
+                      read_buffer: int = 256) -> TrainLoader:
     """Shuffled (seeded, reshuffled each epoch) training batches for this process's shard.
 
     dataset_name + split, or dataset_name = [(name, split), ...] to concatenate several splits
     (e.g. synthetic train_web + train_clean). num_epochs=None repeats forever; batches run across
     epoch ends. For the synthetic data a milder crop (scale=(0.5, 1.0)) keeps most shapes in view.
+    `prompt` is prepended to every caption (captioning fine-tunes: "a picture of ").
     """
     if global_batch_size % shard_count:
         raise ValueError(f"global_batch_size {global_batch_size} is not divisible by shard_count {shard_count}")
@@ -204,7 +209,8 @@ def make_train_loader(data_dir: str, dataset_name: str | Sequence[Source], split
     sampler = GlobalBatchSampler(len(source), global_batch_size, shard_index=shard_index,
                                  shard_count=shard_count, seed=seed, num_epochs=num_epochs,
                                  worker_count=worker_count)
-    ops = [_TrainExample(image_size, max_words, max_tokens, tuple(scale), randaug, tuple(randaug_ops), flip),
+    ops = [_TrainExample(image_size, max_words, max_tokens, tuple(scale), randaug, tuple(randaug_ops), flip,
+                         prompt),
            _SkipBad(limit=min(len(source), 10_000)),
            grain.transforms.Batch(batch, drop_remainder=True)]
     loader = grain.DataLoader(data_source=source, sampler=sampler, operations=ops, worker_count=worker_count,

@@ -64,8 +64,19 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
     c.loss.prompt = ""  # captioning prompt; its tokens are excluded from the LM loss
     c.loss.grad_accum_steps = 1
 
+    # Evaluation on data.eval_source (during training every eval.every_steps, and by
+    # `python -m blip_jax.evaluate`): retrieval for task pretrain/retrieval, COCO caption
+    # metrics for task caption.
     c.eval = ml_collections.ConfigDict()
-    c.eval.every_steps = 0  # zero-shot ITC retrieval on data.eval_source; 0 = off
-    c.eval.max_images = 500
+    c.eval.every_steps = 0  # 0 = no evaluation during training
+    c.eval.max_images = 500  # first N images of the split (0 = all)
     c.eval.batch_size = 64
+    c.eval.itm_rerank = False  # retrieval: False = ITC cosine only; True = the paper's protocol
+    c.eval.k_test = 256  # ITM re-ranks each query's top k (paper: COCO 256, Flickr 128)
+    c.eval.num_beams = 3  # captioning: beam search (1 = greedy) ...
+    c.eval.top_p = 0.0  # ... or nucleus sampling when > 0
+    c.eval.max_length = 20  # tokens, [DEC] and the prompt included (as the original counts)
+    c.eval.min_length = 5
+    c.eval.repetition_penalty = 1.0
+    c.eval.spice = False  # SPICE needs Stanford CoreNLP models (downloaded on first use)
     return c

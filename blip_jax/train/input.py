@@ -11,8 +11,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from blip_jax.data import pipeline, prepare
-from blip_jax.image import normalize
-from blip_jax.evaluation.retrieval import zero_shot_itc_recall
+from blip_jax.evaluation import tasks
 
 SYNTHETIC = "synthetic"  # config alias for the built-in synthetic dataset of config.data
 
@@ -52,7 +51,8 @@ class TrainData:
             max_tokens=config.data.max_tokens, seed=config.seed,
             shard_index=jax.process_index(), shard_count=jax.process_count(),
             worker_count=config.data.workers, scale=tuple(config.data.crop_scale),
-            randaug=config.data.randaugment, flip="swap" if config.data.hflip else "none")
+            randaug=config.data.randaugment, flip="swap" if config.data.hflip else "none",
+            prompt=config.loss.prompt)
 
     @property
     def num_examples(self) -> int:
@@ -63,22 +63,18 @@ class TrainData:
         return iter(self.loader)
 
 
-def make_evaluator(config: ml_collections.ConfigDict, setup) -> Callable[[dict], dict]:
-    """Zero-shot ITC retrieval on config.data.eval_source (first eval.max_images images)."""
+def make_evaluator(config: ml_collections.ConfigDict, setup,
+                   output_dir: str | None = None) -> Callable[[dict], dict]:
+    """config.task's evaluation (blip_jax.evaluation.tasks) on config.data.eval_source; the
+    split is loaded once."""
     name, split = config.data.eval_source
-    data = pipeline.make_eval_data(data_dir(config), resolve(config, name), split,
-                                   image_size=config.model.vision.image_size,
-                                   max_words=config.data.max_words,
-                                   max_tokens=config.data.max_tokens)
-    n = min(config.eval.max_images, len(data.images))
-    keep = data.text_to_image < n
-    images = normalize(data.images[:n])
+    data = tasks.load_eval_data(config, data_dir(config), resolve(config, name), split)
 
     def evaluate(params) -> dict:
-        params = jax.device_get(params)
-        r = zero_shot_itc_recall(setup.model, params, images, data.text_ids[keep],
-                                 data.text_mask[keep], data.text_to_image[keep],
-                                 config.eval.batch_size)
-        return {f"eval/{k}": v for k, v in r.items()}
+        if jax.process_count() > 1:  # every process evaluates on the whole tree
+            params = multihost_utils.process_allgather(params, tiled=True)
+        r = tasks.evaluate(config, setup.model, params, data, mesh=setup.mesh,
+                           output_dir=output_dir)
+        return {f"eval/{k}": v for k, v in r.items() if isinstance(v, (int, float))}
 
     return evaluate

@@ -56,9 +56,12 @@ def _constrain(x: jax.Array, mesh) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, parallel.batch_sharding(mesh, x.ndim))
 
 
-def _features(m: Blip, images, ids, mask, mesh, train):
-    """Online image tokens, ITC features and unimodal text features."""
+def _features(m: Blip, images, ids, mask, mesh, train, with_itc: bool = True):
+    """Online image tokens, ITC features and unimodal text features (None without ITC/ITM:
+    a captioner may have no text encoder at all)."""
     image_tokens = _constrain(m.image_features(images, train=train), mesh)
+    if not with_itc:
+        return image_tokens, None, None
     text_hidden = _constrain(m.text_features(ids, mask, train=train), mesh)
     return image_tokens, m.image_embed(image_tokens), m.text_embed(text_hidden)
 
@@ -161,7 +164,8 @@ def make_train_step(model: Blip, tx: optax.GradientTransformation, lc: LossConfi
         if lc.grad_accum_steps <= 1:
             def loss_fn(p):
                 def fwd(m: Blip):
-                    image_tokens, image_feat, text_feat = _features(m, images, ids, mask, mesh, True)
+                    image_tokens, image_feat, text_feat = _features(m, images, ids, mask, mesh, True,
+                                                                    lc.uses_itc)
                     negatives = None
                     if lc.itm_weight > 0:
                         negatives = _sample_negatives(lc, neg_rng, image_feat, text_feat, feats_m,
@@ -239,8 +243,10 @@ def _accumulated_grads(model: Blip, lc: LossConfig, params, state, batch, feats_
         sl = slice(i * size, (i + 1) * size)
 
         def fwd(m: Blip):
-            image_feat = m.image_embed(tk[sl])
-            text_feat = m.text_embed(m.text_features(ids[sl], mask[sl], train=True))
+            image_feat = text_feat = None
+            if lc.uses_itc:
+                image_feat = m.image_embed(tk[sl])
+                text_feat = m.text_embed(m.text_features(ids[sl], mask[sl], train=True))
             return _head_losses(m, lc, tk, image_feat, text_feat, feats_m, batch, negatives,
                                 state, alpha, sl, mesh, True)
         return model.apply({"params": rp}, method=fwd, rngs={"dropout": mb_keys[i]})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
 import time
 from typing import Any, Optional
@@ -19,6 +20,7 @@ from jax.experimental import multihost_utils
 
 from blip_jax import checkpoint as model_checkpoint, decoding, parallel, tokenizer as tok
 from blip_jax.models.blip import Blip
+from blip_jax.models import variants
 from blip_jax.models.config import BlipConfig
 from blip_jax.train import optim
 from blip_jax.train.checkpointing import TrainCheckpointer
@@ -132,8 +134,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     steps_per_epoch = config.steps_per_epoch or max(1, data.num_examples // config.batch_size)
     init_params = None
     if config.init_checkpoint:
-        _, init_params = model_checkpoint.load_model(config.init_checkpoint)
-        model_checkpoint.check_params_fit(init_params, BlipConfig.from_dict(config.model.to_dict()),
+        source_cfg, init_params = model_checkpoint.load_model(config.init_checkpoint)
+        target_cfg = BlipConfig.from_dict(config.model.to_dict())
+        # A pre-trained (tied) model becomes a captioner / retrieval model here.
+        init_params = variants.adapt_params(init_params, source_cfg, target_cfg)
+        model_checkpoint.check_params_fit(init_params, target_cfg,
                                           what=f"init_checkpoint {config.init_checkpoint}")
     setup = build(config, steps_per_epoch, init_params=init_params)
     is_main = jax.process_index() == 0
@@ -155,7 +160,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     stop = {"sigterm": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
-    evaluator = train_input.make_evaluator(config, setup) if config.eval.every_steps else None
+    evaluator = (train_input.make_evaluator(config, setup, os.path.join(workdir, "eval"))
+                 if config.eval.every_steps else None)
     last_logged: dict = {}
     t0, done_at_t0 = time.time(), start
     try:
@@ -197,11 +203,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if save_now:
                 ckpt.save(step, state, iterator.get_state())
         ckpt.wait()
+        if step == config.total_steps:
+            export_model(os.path.join(workdir, "model"), state.params, setup.model_config,
+                         config.task)
     finally:
         signal.signal(signal.SIGTERM, previous)
         ckpt.close()
         writer.close()
     return last_logged
+
+
+def export_model(directory: str, params: Any, model_config: BlipConfig, task: str) -> None:
+    """The trained parameters as a model checkpoint (what init_checkpoint, `evaluate`,
+    `caption` and CapFilt read). Every process takes part (orbax writes collectively)."""
+    if jax.process_count() > 1:
+        params = multihost_utils.process_allgather(params, tiled=True)
+    params = jax.tree_util.tree_map(np.asarray, jax.device_get(params))
+    model_checkpoint.save_model(directory, params, model_config, source=f"blip_jax.train ({task})")
+    if jax.process_index() == 0:
+        print(f"model written to {directory}", flush=True)
 
 
 def _should_stop(local_flag: bool) -> bool:

@@ -1,0 +1,1 @@
+"""Experiments that run end to end on the built-in synthetic data (see bootstrap.py)."""

@@ -1,0 +1,329 @@
+"""The paper's bootstrapping result (CapFilt, REFERENCE §3) reproduced in miniature on the
+built-in synthetic data, end to end on a CPU:
+
+  (a) pre-train a tiny BLIP on the noisy train_web split + train_clean;
+  (b) fine-tune a captioner (LM) and a filter (ITC + ITM) from it on train_clean;
+  (c) CapFilt over train_web: a nucleus-sampled synthetic caption per image, web and synthetic
+      texts filtered by the filter's ITM match probability;
+  (d) pre-train the same tiny BLIP from scratch on the bootstrapped data + train_clean;
+  (e) evaluate both pre-trained models on the test split: zero-shot retrieval (ITC + ITM
+      re-rank) and CIDEr after the same short caption fine-tune.
+
+    python -m blip_jax.experiments.bootstrap --workdir=bootstrap_run
+
+Every stage writes into WORKDIR/<stage>; a rerun skips finished stages and resumes the
+interrupted one. Results: WORKDIR/results.json, WORKDIR/results.md (the table) and
+WORKDIR/bootstrap.png (training curves and results).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import ml_collections
+
+from blip_jax.experiments import tiny
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """Steps per stage and the dataset size. FULL is the README's run; REDUCED is the CI test."""
+
+    pretrain_steps: int = 600
+    caption_steps: int = 300
+    filter_steps: int = 300
+    num_images: int = tiny.NUM_IMAGES
+    eval_images: int = 0  # test images evaluated (0 = all)
+    k_test: int = 32
+
+
+FULL = Scale()
+REDUCED = Scale(pretrain_steps=300, caption_steps=150, filter_steps=150, num_images=1500,
+                eval_images=150, k_test=16)
+
+
+@dataclasses.dataclass
+class Stage:
+    key: str
+    title: str
+    done: Callable[[], bool]
+    run: Callable[[], Any]
+
+
+def _configure(c: ml_collections.ConfigDict, data_dir: str, scale: Scale,
+               seed: int) -> ml_collections.ConfigDict:
+    c.data.data_dir = data_dir
+    c.data.synthetic_num_images = scale.num_images
+    c.seed = seed
+    c.eval.max_images = scale.eval_images
+    return c
+
+
+def stage_configs(workdir: str, data_dir: str, scale: Scale, seed: int = 0) -> dict:
+    """The config of every training / evaluation stage (tests and users can inspect them)."""
+    path = lambda *p: os.path.join(workdir, *p)  # noqa: E731
+    cfg = {}
+    for name, source in (("a_pretrain_noisy", None), ("d_pretrain_bootstrapped", "bootstrapped")):
+        c = _configure(tiny.pretrain(scale.pretrain_steps), data_dir, scale, seed)
+        c.eval.every_steps = 0  # evaluated once, fully, in stage (e)
+        if source:
+            c.data.train_sources = [(f"blip_capfilt/{source}", "train"), ("synthetic", "train_clean")]
+        cfg[name] = c
+    for name, init in (("b_captioner", "a_pretrain_noisy"),
+                       ("e_captioner_bootstrapped", "d_pretrain_bootstrapped")):
+        c = _configure(tiny.caption(scale.caption_steps), data_dir, scale, seed)
+        c.init_checkpoint = path(init, "model")
+        cfg[name] = c
+    c = _configure(tiny.retrieval(scale.filter_steps), data_dir, scale, seed)
+    c.init_checkpoint = path("a_pretrain_noisy", "model")
+    c.eval.k_test = scale.k_test
+    cfg["b_filter"] = c
+    # Zero-shot retrieval of a pre-trained model: the retrieval protocol on its untied encoder.
+    z = _configure(tiny.retrieval(0), data_dir, scale, seed)
+    z.eval.k_test = scale.k_test
+    cfg["zero_shot"] = z
+    return cfg
+
+
+def capfilt_config(workdir: str, data_dir: str, scale: Scale, seed: int = 0):
+    from blip_jax import capfilt
+
+    c = capfilt.default_config()
+    c.data_dir = data_dir
+    c.sources = [("synthetic", "train_web")]
+    c.synthetic_num_images = scale.num_images
+    c.captioner_checkpoint = os.path.join(workdir, "b_captioner", "model")
+    c.filter_checkpoint = os.path.join(workdir, "b_filter", "model")
+    c.max_tokens = 24
+    c.per_device_batch = 64
+    c.records_per_shard = 512
+    c.seed = seed
+    c.output_name = "bootstrapped"
+    c.output_data_dir = ""
+    return c
+
+
+def _evaluate(config, checkpoint: str, out: str) -> dict:
+    from blip_jax import evaluate
+
+    if os.path.exists(out):
+        with open(out) as f:
+            return json.load(f)["metrics"]
+    return evaluate.run(config, checkpoint, split="test", output=out)["metrics"]
+
+
+def run(workdir: str, data_dir: str = "", scale: Scale = FULL, seed: int = 0,
+        log: Callable[[str], None] = print) -> dict:
+    """Runs (or resumes) every stage; returns the results (also written to WORKDIR)."""
+    from blip_jax import capfilt
+    from blip_jax.train.trainer import train
+
+    workdir = os.path.abspath(workdir)
+    data_dir = os.path.abspath(data_dir or os.path.join(workdir, "data"))
+    os.makedirs(workdir, exist_ok=True)
+    cfg = stage_configs(workdir, data_dir, scale, seed)
+    path = lambda *p: os.path.join(workdir, *p)  # noqa: E731
+    model_done = lambda name: (lambda: os.path.exists(path(name, "model", "config.json")))  # noqa: E731
+    results: dict[str, Any] = {"scale": dataclasses.asdict(scale), "seed": seed}
+
+    def train_stage(name):
+        return lambda: train(cfg[name], path(name))
+
+    def eval_stage():
+        zs = cfg["zero_shot"]
+        r = results
+        r["zero_shot_noisy"] = _evaluate(zs, path("a_pretrain_noisy", "model"),
+                                         path("eval", "zero_shot_noisy.json"))
+        r["zero_shot_bootstrapped"] = _evaluate(zs, path("d_pretrain_bootstrapped", "model"),
+                                                path("eval", "zero_shot_bootstrapped.json"))
+        r["filter_finetuned"] = _evaluate(cfg["b_filter"], path("b_filter", "model"),
+                                          path("eval", "filter_finetuned.json"))
+        r["caption_noisy"] = _evaluate(cfg["b_captioner"], path("b_captioner", "model"),
+                                       path("eval", "caption_noisy.json"))
+        r["caption_bootstrapped"] = _evaluate(cfg["e_captioner_bootstrapped"],
+                                              path("e_captioner_bootstrapped", "model"),
+                                              path("eval", "caption_bootstrapped.json"))
+        r["caption_agnostic_baseline"] = _caption_agnostic(cfg["b_captioner"])
+
+    stages = [
+        Stage("a_pretrain_noisy", "(a) pre-train on noisy web + clean",
+              model_done("a_pretrain_noisy"), train_stage("a_pretrain_noisy")),
+        Stage("b_captioner", "(b) fine-tune the captioner (LM) on clean",
+              model_done("b_captioner"), train_stage("b_captioner")),
+        Stage("b_filter", "(b) fine-tune the filter (ITC + ITM) on clean",
+              model_done("b_filter"), train_stage("b_filter")),
+        Stage("c_capfilt", "(c) CapFilt over train_web",
+              lambda: os.path.exists(path("c_capfilt", "summary.json")),
+              lambda: capfilt.run(capfilt_config(workdir, data_dir, scale, seed), path("c_capfilt"))),
+        Stage("d_pretrain_bootstrapped", "(d) pre-train on bootstrapped web + clean",
+              model_done("d_pretrain_bootstrapped"), train_stage("d_pretrain_bootstrapped")),
+        Stage("e_captioner_bootstrapped", "(e) caption fine-tune of the bootstrapped model",
+              model_done("e_captioner_bootstrapped"), train_stage("e_captioner_bootstrapped")),
+        Stage("e_evaluate", "(e) evaluate both models on test", lambda: False, eval_stage),
+    ]
+    t_start = time.time()
+    timings = {}
+    for i, stage in enumerate(stages, 1):
+        head = f"[stage {i}/{len(stages)}] {stage.title}"
+        if stage.done():
+            log(f"{head}: done earlier, skipped")
+            continue
+        log(f"{head} ...")
+        t0 = time.time()
+        stage.run()
+        timings[stage.key] = time.time() - t0
+        log(f"{head}: finished in {_minutes(timings[stage.key])} "
+            f"(total {_minutes(time.time() - t_start)})")
+    with open(path("c_capfilt", "summary.json")) as f:
+        results["capfilt"] = json.load(f)
+    results["stage_seconds"] = timings
+    results["curves"] = {name: _curves(path(name, "metrics.jsonl"))
+                         for name in ("a_pretrain_noisy", "d_pretrain_bootstrapped")}
+    table = results_table(results)
+    results["table"] = table
+    with open(path("results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(path("results.md"), "w") as f:
+        f.write(table + "\n")
+    plot(results, path("bootstrap.png"))
+    log(table)
+    log(f"results: {path('results.json')}, {path('results.md')}, plot {path('bootstrap.png')}")
+    return results
+
+
+def _caption_agnostic(config) -> dict:
+    """CIDEr etc. of emitting one fixed caption for every test image."""
+    from blip_jax.evaluation import captioning, tasks
+    from blip_jax.train import input as train_input
+
+    name, _ = config.data.eval_source
+    data = tasks.load_eval_data(config, train_input.data_dir(config),
+                                train_input.resolve(config, name), "test")
+    ids = [int(i) for i in data.image_ids]
+    references = {i: [data.texts[t] for t in ts] for i, ts in zip(ids, data.image_to_texts)}
+    return captioning.caption_metrics(captioning.caption_agnostic_baseline(references), references)
+
+
+def _curves(metrics_path: str) -> dict[str, list]:
+    out: dict[str, list] = {"step": []}
+    if not os.path.exists(metrics_path):
+        return out
+    with open(metrics_path) as f:
+        for line in f:
+            row = json.loads(line)
+            out["step"].append(row["step"])
+            for k in ("loss_itc", "loss_itm", "loss_lm"):
+                out.setdefault(k, []).append(row.get(k))
+    return out
+
+
+def _pct(fraction):
+    return None if fraction is None else 100.0 * fraction
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def results_table(r: dict) -> str:
+    zn, zb = r["zero_shot_noisy"], r["zero_shot_bootstrapped"]
+    cn, cb = r["caption_noisy"], r["caption_bootstrapped"]
+    cf = r["capfilt"]
+    rows = [("zero-shot TR@1", "txt_r1"), ("zero-shot TR@5", "txt_r5"),
+            ("zero-shot IR@1", "img_r1"), ("zero-shot IR@5", "img_r5"),
+            ("zero-shot R mean", "r_mean")]
+    lines = ["| test split | noisy baseline | bootstrapped |", "| --- | ---: | ---: |"]
+    lines += [f"| {title} | {zn[k]:.1f} | {zb[k]:.1f} |" for title, k in rows]
+    lines += [f"| caption CIDEr (fine-tuned) | {100 * cn['CIDEr']:.1f} | {100 * cb['CIDEr']:.1f} |",
+              f"| caption BLEU-4 (fine-tuned) | {100 * cn['Bleu_4']:.1f} | "
+              f"{100 * cb['Bleu_4']:.1f} |"]
+    lines += ["", "| CapFilt on train_web | |", "| --- | ---: |"]
+    filt = cf.get("filter") or {}
+    for title, value in (("web texts kept %", cf.get("web_kept_pct")),
+                         ("synthetic captions kept %", cf.get("synthetic_kept_pct")),
+                         ("filter precision: removed web texts that were noise %",
+                          _pct(filt.get("precision"))),
+                         ("filter recall: noisy web texts removed %", _pct(filt.get("recall")))):
+        if value is not None:
+            lines.append(f"| {title} | {value:.1f} |")
+    for kind, v in filt.get("by_noise_kind", {}).items():
+        lines.append(f"| removed among '{kind}' web texts ({v['count']}) % | {v['removed_pct']:.1f} |")
+    ff, base = r["filter_finetuned"], r["caption_agnostic_baseline"]
+    lines += ["", "| fine-tuning from the noisy pre-training | |", "| --- | ---: |",
+              f"| retrieval TR@1 / IR@1: zero-shot | {zn['txt_r1']:.1f} / {zn['img_r1']:.1f} |",
+              f"| retrieval TR@1 / IR@1: fine-tuned (the filter) | {ff['txt_r1']:.1f} / "
+              f"{ff['img_r1']:.1f} |",
+              f"| CIDEr: caption-agnostic baseline | {100 * base['CIDEr']:.1f} |",
+              f"| CIDEr: fine-tuned captioner | {100 * cn['CIDEr']:.1f} |"]
+    return "\n".join(lines)
+
+
+def plot(r: dict, out_path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    labels = {"a_pretrain_noisy": "noisy baseline", "d_pretrain_bootstrapped": "bootstrapped"}
+    for ax, loss in zip(axes[:2], ("loss_itc", "loss_lm")):
+        for name, label in labels.items():
+            c = r["curves"][name]
+            if c.get(loss):
+                ax.plot(c["step"], c[loss], label=label)
+        ax.set_title(f"pre-training {loss[5:].upper()} loss")
+        ax.set_xlabel("step")
+        ax.legend()
+    keys = [("TR@1", "txt_r1"), ("IR@1", "img_r1"), ("TR@5", "txt_r5"), ("IR@5", "img_r5")]
+    width = 0.38
+    for j, (name, label) in enumerate((("zero_shot_noisy", "noisy"),
+                                       ("zero_shot_bootstrapped", "bootstrapped"))):
+        axes[2].bar([i + j * width for i in range(len(keys))], [r[name][k] for _, k in keys],
+                    width, label=label)
+    axes[2].set_xticks([i + width / 2 for i in range(len(keys))], [t for t, _ in keys])
+    axes[2].set_title("zero-shot retrieval on test (%)")
+    axes[2].legend()
+    bars = {"caption-agnostic": r["caption_agnostic_baseline"]["CIDEr"],
+            "noisy": r["caption_noisy"]["CIDEr"], "bootstrapped": r["caption_bootstrapped"]["CIDEr"]}
+    axes[3].bar(list(bars), [100 * v for v in bars.values()], color=["grey", "C0", "C1"])
+    axes[3].set_title("CIDEr on test after caption fine-tune")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv) -> None:
+    from absl import flags, logging
+
+    if len(argv) > 1:
+        raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    f = flags.FLAGS
+    scale = REDUCED if f.reduced else FULL
+    changes = {k: getattr(f, k) for k in ("pretrain_steps", "caption_steps", "filter_steps")
+               if getattr(f, k)}
+    run(f.workdir, f.data_dir, dataclasses.replace(scale, **changes), seed=f.seed)
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("workdir", "bootstrap_run", "Where every stage writes (rerun resumes).")
+    flags.DEFINE_string("data_dir", "", "TFDS data dir (default WORKDIR/data); the synthetic "
+                        "data is written there on first use.")
+    flags.DEFINE_bool("reduced", False, "The reduced CI-size run (fewer steps and images).")
+    flags.DEFINE_integer("pretrain_steps", 0, "Override the pre-training steps (0 = scale's).")
+    flags.DEFINE_integer("caption_steps", 0, "Override the captioner fine-tune steps.")
+    flags.DEFINE_integer("filter_steps", 0, "Override the filter fine-tune steps.")
+    flags.DEFINE_integer("seed", 0, "Seed of every stage.")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,88 @@
+"""The tiny recipes on the built-in synthetic data: pre-training, captioning and retrieval
+fine-tunes that learn on a 2-core CPU in minutes. configs/*_tiny.py and the bootstrap
+experiment both read them from here (one source of truth).
+
+Model: the "tiny" preset with 8 px patches (64 tokens at 64 px). With 16 px patches the same
+pre-training stayed near chance on zero-shot retrieval after 600 steps (IR@1 1.2%); with 8 px
+it reaches IR@1 ~6% (chance 0.33%) at the same examples/s (the LM head dominates the step).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from blip_jax.train.defaults import base_config
+
+NUM_IMAGES = 3000  # synthetic dataset size (train_web; train_clean and val/test are fractions)
+
+
+def _common(c: ml_collections.ConfigDict, steps: int) -> ml_collections.ConfigDict:
+    c.model.vision.patch_size = 8
+    c.data.synthetic_num_images = NUM_IMAGES
+    c.data.crop_scale = (0.5, 1.0)  # 64 px scenes: harsher crops cut shapes off
+    c.data.randaugment = False
+    c.data.max_tokens = 24
+    c.total_steps = steps
+    c.batch_size = 32
+    c.log_every_steps = 20
+    c.checkpoint_every_steps = 200
+    return c
+
+
+def pretrain(steps: int = 600) -> ml_collections.ConfigDict:
+    """ITC + ITM + LM on train_web (noisy) + train_clean, tied encoder/decoder."""
+    c = _common(base_config("tiny", tie_encoder_decoder=True), steps)
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 50
+    c.optim.min_lr = 1e-5
+    c.optim.decay_rate = 0.9
+    c.loss.queue_size = 512
+    c.loss.alpha_ramp_epochs = 1.0
+    c.eval.every_steps = 200  # zero-shot ITC retrieval on the first 500 val images
+    return c
+
+
+def caption(steps: int = 300) -> ml_collections.ConfigDict:
+    """The captioner (ViT + image-grounded decoder): LM only on train_clean, prompt
+    "a picture of " excluded from the loss; evaluation: beam 3, min 5, max 20."""
+    c = _common(base_config("tiny", tie_encoder_decoder=False, text_encoder=False,
+                            itc_itm_heads=False), steps)
+    c.task = "caption"
+    c.data.train_sources = [("synthetic", "train_clean")]
+    c.data.max_tokens = 28  # the prompt adds 3 tokens
+    c.checkpoint_every_steps = steps
+    c.optim.schedule = "cosine"
+    c.optim.lr = 5e-4
+    c.optim.warmup_steps = 0
+    c.optim.min_lr = 0.0
+    c.loss.itc_weight = c.loss.itm_weight = 0.0
+    c.loss.prompt = "a picture of "
+    c.eval.max_images = 0
+    c.eval.batch_size = 100
+    return c
+
+
+def retrieval(steps: int = 300) -> ml_collections.ConfigDict:
+    """The retrieval model / CapFilt filter (ViT + text encoder + ITC/ITM heads): ITC with
+    image-id positives and an id queue, ITM with same-id negatives masked, on train_clean;
+    evaluation re-ranks each query's top 32 by ITM."""
+    c = _common(base_config("tiny", tie_encoder_decoder=False, text_decoder=False), steps)
+    c.task = "retrieval"
+    c.data.train_sources = [("synthetic", "train_clean")]
+    c.checkpoint_every_steps = steps
+    c.optim.schedule = "cosine"
+    c.optim.lr = 2e-4
+    c.optim.warmup_steps = 0
+    c.optim.min_lr = 0.0
+    c.loss.lm_weight = 0.0
+    c.loss.use_image_ids = True
+    c.loss.queue_size = 512
+    c.loss.alpha_ramp_epochs = 1.0
+    c.eval.max_images = 0
+    c.eval.batch_size = 100
+    c.eval.itm_rerank = True
+    c.eval.k_test = 32
+    return c
+
+
+__all__ = ["NUM_IMAGES", "caption", "pretrain", "retrieval"]

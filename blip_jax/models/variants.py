@@ -1,0 +1,74 @@
+"""Moving parameters between model variants: a pre-trained (tied) BLIP becomes a captioner,
+a retrieval model or a filter by fine-tuning, and each downstream model has its own tree.
+
+- tied -> untied: the pre-training tree keeps one copy of everything the encoder and decoder
+  share, plus the decoder's own self-attention (`decoder_attention`) and the LM head. The
+  downstream encoder gets the shared parts with the encoder's self-attention; the decoder gets
+  the shared parts with `decoder_attention` as its self-attention, and the LM head.
+- towers and heads the target does not have are dropped (a captioner keeps no text encoder).
+- a different image size interpolates the position table (bicubic, as the original does).
+
+Anything the target needs that the source lacks is an error naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from blip_jax.models.config import BlipConfig
+from blip_jax.models.vit import resize_pos_embed
+
+_HEADS = ("vision_proj", "text_proj", "itm_head", "temp")
+
+
+class VariantError(ValueError):
+    """The source parameters cannot provide what the target model needs."""
+
+
+def _untie(tied: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Tied text tree -> (encoder tree, decoder tree), both in the untied layout."""
+    encoder, decoder = {}, {}
+    for name, sub in tied.items():
+        if name.startswith("layer_"):
+            shared = {k: v for k, v in sub.items() if k not in ("attention", "decoder_attention")}
+            encoder[name] = {**shared, "attention": sub["attention"]}
+            decoder[name] = {**shared, "attention": sub["decoder_attention"]}
+        elif name == "lm_head":
+            decoder[name] = sub
+        else:  # embeddings are shared too
+            encoder[name] = decoder[name] = sub
+    return encoder, decoder
+
+
+def adapt_params(params: Mapping[str, Any], source: BlipConfig, target: BlipConfig) -> dict:
+    """`params` of a `source` model rearranged for a `target` model (see the module doc).
+
+    Returns a new tree (leaves shared with the input where nothing changes)."""
+    params = dict(params)
+    if source.tie_encoder_decoder and not target.tie_encoder_decoder:
+        encoder, decoder = _untie(params.pop("text_encoder"))
+        params["text_encoder"], params["text_decoder"] = encoder, decoder
+    elif target.tie_encoder_decoder and not source.tie_encoder_decoder:
+        raise VariantError("cannot build a tied (pre-training) model from untied parameters: "
+                           "start pre-training from a pre-training checkpoint or from scratch")
+    wanted = {"vision": True, "text_encoder": target.text_encoder,
+              "text_decoder": target.text_decoder and not target.tie_encoder_decoder,
+              **{h: target.itc_itm_heads for h in _HEADS}}
+    missing = [k for k, need in wanted.items() if need and k not in params]
+    if missing:
+        raise VariantError(f"the source checkpoint has no {missing} that the target model needs "
+                           f"(source: text_encoder={source.text_encoder}, text_decoder="
+                           f"{source.text_decoder}, itc_itm_heads={source.itc_itm_heads}); "
+                           f"start from a checkpoint that has them (e.g. the pre-trained model)")
+    out = {k: v for k, v in params.items() if wanted.get(k, False)}
+    vision = dict(out["vision"])
+    grid = target.vision.grid_size
+    if vision["pos_embed"].shape[1] != 1 + grid * grid:
+        vision["pos_embed"] = resize_pos_embed(np.asarray(vision["pos_embed"]), grid)
+    out["vision"] = vision
+    return out
+
+
+__all__ = ["VariantError", "adapt_params"]
