@@ -1,18 +1,25 @@
 """Image-text retrieval evaluation.
 
-Recall@K for text->image (IR) and image->text (TR, an image counts as found when any of its
-reference texts is in the top K), from a score matrix [num_images, num_texts].
+`evaluate_retrieval`: the paper's protocol (ITC shortlist, ITM re-rank of the top k_test), sharded
+over a device mesh and over processes. `zero_shot_itc_recall`: the fast ITC-only check used during
+training. Recall@K: text->image counts the text's own image, image->text counts the best of the
+image's reference texts.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from blip_jax import parallel
+from blip_jax import tokenizer as tok
+from blip_jax.image import normalize
 from blip_jax.models.blip import Blip
 
 
@@ -77,3 +84,296 @@ def zero_shot_itc_recall(model: Blip, params, images: np.ndarray, text_ids: np.n
     """Retrieval by ITC cosine similarity alone (the fast check used during training)."""
     img, txt = itc_features(model, params, images, text_ids, text_mask, batch_size)
     return recall_at_k(img @ txt.T, text_to_image)
+
+
+# -- the paper's protocol: ITC shortlist, ITM re-rank ----------------------------------------------
+#
+# BLIP evaluates retrieval in two stages (salesforce/BLIP train_retrieval.py `evaluation`): cosine
+# similarities of the ITC features for every pair, then for each query its top `k_test` candidates
+# are re-scored by itm_head(...)[:, 1] + that cosine similarity; every other entry is -100.
+# The re-ranking (N_img * k + N_txt * k ITM forwards) dominates, so it runs as one jitted program
+# over fixed-size chunks of (image, text) pairs whose batch dimension is sharded over the mesh.
+# Each process takes a disjoint slice of the queries; results are all-gathered at the end.
+
+FILL = -100.0  # score of the pairs outside a query's top k (as the original)
+_TOPK_ROWS = 1024  # query rows per similarity/top-k call (bounds the [rows, N] similarity block)
+
+
+def retrieval_metrics(scores_i2t: np.ndarray, scores_t2i: np.ndarray, text_to_image: np.ndarray,
+                      image_to_texts: Sequence[Sequence[int]]) -> dict[str, float]:
+    """Recall@1/5/10 in percent with the original's key names.
+
+    scores_i2t [N_img, N_txt], scores_t2i [N_txt, N_img]; text_to_image [N_txt] (a text's image
+    index); image_to_texts: the text indices of each image. Text->image: the rank of the text's own
+    image. Image->text: the best rank among the image's texts. A rank counts every wrong candidate
+    scored >= the right one, so ties never favour the model (constant scores recall nothing).
+    """
+    s_i2t = np.asarray(scores_i2t, np.float64)
+    s_t2i = np.asarray(scores_t2i, np.float64)
+    text_to_image = np.asarray(text_to_image)
+    n_img, n_txt = s_i2t.shape
+    if s_t2i.shape != (n_txt, n_img) or len(text_to_image) != n_txt or len(image_to_texts) != n_img:
+        raise ValueError(f"shapes disagree: scores_i2t {s_i2t.shape}, scores_t2i {s_t2i.shape}, "
+                         f"{len(text_to_image)} text_to_image entries, {len(image_to_texts)} "
+                         f"image_to_texts entries; expected [I, T], [T, I], T and I")
+    # Text -> image: wrong images scoring >= the right one.
+    right = s_t2i[np.arange(n_txt), text_to_image]
+    wrong = np.ones_like(s_t2i, bool)
+    wrong[np.arange(n_txt), text_to_image] = False
+    txt_rank = np.sum((s_t2i >= right[:, None]) & wrong, axis=1)
+    # Image -> text: other images' texts scoring >= the image's best text.
+    own = text_to_image[None, :] == np.arange(n_img)[:, None]
+    for i, texts in enumerate(image_to_texts):
+        if not len(texts) or not np.all(text_to_image[np.asarray(texts)] == i):
+            raise ValueError(f"image {i}: image_to_texts lists {list(texts)}, which disagrees with "
+                             f"text_to_image (or is empty); build both from the same annotations")
+    best = np.where(own, s_i2t, -np.inf).max(axis=1)
+    img_rank = np.sum((s_i2t >= best[:, None]) & ~own, axis=1)
+    out: dict[str, float] = {}
+    for k in (1, 5, 10):
+        out[f"txt_r{k}"] = 100.0 * float(np.mean(img_rank < k))  # text retrieval: image queries
+    for k in (1, 5, 10):
+        out[f"img_r{k}"] = 100.0 * float(np.mean(txt_rank < k))  # image retrieval: text queries
+    out["txt_r_mean"] = (out["txt_r1"] + out["txt_r5"] + out["txt_r10"]) / 3
+    out["img_r_mean"] = (out["img_r1"] + out["img_r5"] + out["img_r10"]) / 3
+    out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
+    return out
+
+
+def combine_scores(num_candidates: int, topk_idx: np.ndarray, topk_sim: np.ndarray,
+                   itm_match: np.ndarray) -> np.ndarray:
+    """Dense [Q, num_candidates] float32 scores: itm_match + topk_sim at each query's top-k
+    candidates (topk_idx/topk_sim/itm_match all [Q, k]), FILL (-100) everywhere else."""
+    q = topk_idx.shape[0]
+    out = np.full((q, num_candidates), FILL, np.float32)
+    np.put_along_axis(out, np.asarray(topk_idx), (np.asarray(itm_match, np.float32)
+                                                   + np.asarray(topk_sim, np.float32)), axis=1)
+    return out
+
+
+def _process_slice(n: int, process: int, count: int) -> tuple[int, int]:
+    """Contiguous, balanced share of n queries for one process."""
+    base, extra = divmod(n, count)
+    start = process * base + min(process, extra)
+    return start, start + base + (process < extra)
+
+
+def _padded(a: np.ndarray, rows: int) -> np.ndarray:
+    """a with its first dimension padded to `rows` by repeating its last row (or zeros if empty)."""
+    if len(a) >= rows:
+        return a[:rows]
+    fill = np.repeat(a[-1:], rows - len(a), 0) if len(a) else np.zeros((rows - len(a), *a.shape[1:]), a.dtype)
+    return np.concatenate([a, fill])
+
+
+def _put_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """The same host array on every process -> a global array with `sharding`."""
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def _replicate_params(params, mesh: Mesh):
+    sharding = parallel.replicated(mesh)
+
+    def one(x):
+        if isinstance(x, jax.Array) and (jax.process_count() == 1 or not x.is_fully_addressable):
+            return jax.device_put(x, sharding)
+        return _put_global(np.asarray(x), sharding)
+
+    return jax.tree_util.tree_map(one, params)
+
+
+@functools.lru_cache(maxsize=None)
+def _programs(model: Blip, mesh: Mesh):
+    """The jitted, mesh-sharded programs of the evaluation (compiled once per model and mesh)."""
+    rep = parallel.replicated(mesh)
+    rows = lambda ndim: parallel.batch_sharding(mesh, ndim)  # noqa: E731
+
+    def image_step(params, buf, images, start):
+        tokens = model.apply({"params": params}, images, method=Blip.image_features)
+        embeds = model.apply({"params": params}, tokens, method=Blip.image_embed)
+        buf = jax.lax.dynamic_update_slice_in_dim(buf, tokens.astype(buf.dtype), start, axis=0)
+        return buf, embeds
+
+    def text_step(params, ids, mask):
+        return model.apply({"params": params}, ids, mask,
+                           method=lambda m, i, k: m.text_embed(m.text_features(i, k)))
+
+    def itm_step(params, image_tokens, image_index, ids, mask):
+        # Gathering rows of the replicated tokens by a batch-sharded index keeps the pairs sharded.
+        tokens = jax.lax.with_sharding_constraint(image_tokens[image_index], rows(3))
+        logits = model.apply({"params": params}, ids, mask, tokens, method=Blip.itm_logits)
+        return logits[:, 1]
+
+    return {
+        # buf (all image tokens, replicated) is updated in place: no second copy of it.
+        "image": jax.jit(image_step, in_shardings=(rep, rep, rows(4), rep),
+                         out_shardings=(rep, rep), donate_argnums=1),
+        "text": jax.jit(text_step, in_shardings=(rep, rows(2), rows(2)), out_shardings=rep),
+        "itm": jax.jit(itm_step, in_shardings=(rep, rep, rows(1), rows(2), rows(2)),
+                       out_shardings=rows(1)),
+    }
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _topk(queries, keys, k):
+    sims = jnp.matmul(queries, keys.T, precision=jax.lax.Precision.HIGHEST)
+    return jax.lax.top_k(sims, k)
+
+
+def _shortlist(queries: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k cosine similarities of each query row: (sims [Q, k] float32, indices [Q, k] int32)."""
+    sims, idx = [], []
+    keys = jnp.asarray(keys)
+    for start in range(0, len(queries), _TOPK_ROWS):
+        block = queries[start:start + _TOPK_ROWS]
+        s, i = _topk(jnp.asarray(_padded(block, _TOPK_ROWS)), keys, k)
+        sims.append(np.asarray(s)[:len(block)])
+        idx.append(np.asarray(i)[:len(block)])
+    if not sims:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
+    return np.concatenate(sims), np.concatenate(idx).astype(np.int32)
+
+
+class _Features(NamedTuple):
+    image_tokens: jax.Array  # [>= N_img, tokens, width], replicated over the mesh (padded rows)
+    image_embeds: np.ndarray  # [N_img, E] float32, L2-normalised
+    text_embeds: np.ndarray  # [N_txt, E] float32, L2-normalised
+
+
+def _features(model: Blip, params, images: np.ndarray, text_ids: np.ndarray,
+              text_mask: np.ndarray, batch_size: int, mesh: Mesh) -> _Features:
+    """ITC features of every image and text, and every image's tokens kept on the mesh."""
+    progs = _programs(model, mesh)
+    chunk = batch_size * parallel.batch_shards(mesh)
+    n_img = len(images)
+    steps = -(-n_img // chunk)
+    shape = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, method=Blip.image_features),
+                           params, jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.float32))
+    buf = jax.jit(lambda: jnp.zeros((steps * chunk, *shape.shape[1:]), shape.dtype),
+                  out_shardings=parallel.replicated(mesh))()
+    img_sharding = parallel.batch_sharding(mesh, 4)
+    embeds = []
+    for s in range(steps):
+        block = _padded(images[s * chunk:(s + 1) * chunk], chunk)
+        if block.dtype == np.uint8:  # normalise per chunk: a uint8 set costs 4x less host memory
+            block = normalize(block)
+        buf, e = progs["image"](params, buf, _put_global(block.astype(np.float32), img_sharding),
+                                np.int32(s * chunk))
+        embeds.append(e)
+    image_embeds = np.concatenate([np.asarray(e) for e in embeds])[:n_img]
+    text_embeds = []
+    txt_sharding = parallel.batch_sharding(mesh, 2)
+    for start in range(0, len(text_ids), chunk):
+        ids = _put_global(_padded(text_ids[start:start + chunk], chunk), txt_sharding)
+        mask = _put_global(_padded(text_mask[start:start + chunk], chunk), txt_sharding)
+        text_embeds.append(progs["text"](params, ids, mask))
+    text_embeds = np.concatenate([np.asarray(e) for e in text_embeds])[:len(text_ids)]
+    return _Features(buf, image_embeds.astype(np.float32), text_embeds.astype(np.float32))
+
+
+def _itm_match(model: Blip, params, image_tokens: jax.Array, image_index: np.ndarray,
+               text_index: np.ndarray, enc_ids: np.ndarray, text_mask: np.ndarray,
+               pairs_per_process: Sequence[int], batch_size: int, mesh: Mesh) -> np.ndarray:
+    """ITM match logits (itm_head[:, 1]) of this process's (image, text) pairs, float32 [P].
+
+    Every process runs the same number of fixed-size chunks (the longest share decides); short
+    shares are padded with pair (0, 0), whose results are dropped."""
+    itm = _programs(model, mesh)["itm"]
+    local = batch_size * parallel.batch_shards(mesh) // jax.process_count()
+    steps = -(-max(pairs_per_process) // local)
+    spec = P(parallel.BATCH_AXES)
+    results = []
+    for s in range(steps):  # dispatched asynchronously; read back after the loop
+        sl = slice(s * local, (s + 1) * local)
+        img, txt = image_index[sl], text_index[sl]
+        pad = local - len(img)
+        img = np.concatenate([img, np.zeros(pad, np.int32)])
+        txt = np.concatenate([txt, np.zeros(pad, np.int32)])
+        batch = parallel.global_batch({"img": img, "ids": enc_ids[txt], "mask": text_mask[txt]}, mesh)
+        results.append(itm(params, image_tokens, batch["img"], batch["ids"], batch["mask"]))
+    out = [np.asarray(multihost_utils.global_array_to_host_local_array(r, mesh, spec))
+           for r in results]
+    return (np.concatenate(out) if out else np.zeros(0, np.float32))[:len(image_index)]
+
+
+def _gather_rows(local: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
+    """Concatenates every process's rows (process order); `sizes` are the per-process counts."""
+    if jax.process_count() == 1:
+        return local
+    padded = _padded(local, max(sizes))
+    every = np.asarray(multihost_utils.process_allgather(padded))  # [processes, max, ...]
+    return np.concatenate([every[p, :n] for p, n in enumerate(sizes)])
+
+
+def retrieval_scores(model: Blip, params, images: np.ndarray, text_ids: np.ndarray,
+                     text_mask: np.ndarray, *, k_test: int, batch_size: int = 64,
+                     mesh: Optional[Mesh] = None) -> tuple[np.ndarray, np.ndarray]:
+    """BLIP's two-stage retrieval scores.
+
+    images: float32 normalised [N_img, H, W, 3] (uint8 pixels are accepted and normalised chunk by
+    chunk); text_ids/text_mask: int [N_txt, L], [CLS]-first as tokenized (the ITM pass swaps in
+    [ENC]). k_test: candidates re-ranked per query (COCO 256, Flickr 128), capped at the number of
+    candidates. batch_size: images, texts or ITM pairs per data shard of the mesh per step.
+    mesh: default one `data` axis over all devices; every process must pass the same inputs.
+
+    Returns (scores_i2t [N_img, N_txt], scores_t2i [N_txt, N_img]) float32 NumPy, identical on every
+    process: ITM match logit + cosine similarity for each query's top-k candidates, -100 elsewhere.
+    Device memory: every device holds all image tokens (N_img x tokens x vision width).
+    """
+    if k_test < 1:
+        raise ValueError(f"k_test must be >= 1, got {k_test}")
+    mesh = mesh if mesh is not None else parallel.make_mesh({"data": -1})
+    local_chunk = batch_size * parallel.batch_shards(mesh)
+    if local_chunk % jax.process_count():
+        raise ValueError(f"batch_size {batch_size} x {parallel.batch_shards(mesh)} data shards is not "
+                         f"divisible by the {jax.process_count()} processes; change batch_size")
+    images = np.asarray(images)
+    text_ids, text_mask = np.asarray(text_ids, np.int32), np.asarray(text_mask, np.int32)
+    n_img, n_txt = len(images), len(text_ids)
+    if n_img == 0 or n_txt == 0 or len(text_mask) != n_txt:
+        raise ValueError(f"need images and texts: got {n_img} images, {n_txt} text_ids and "
+                         f"{len(text_mask)} text_mask rows")
+    params = _replicate_params(params, mesh)
+    feats = _features(model, params, images, text_ids, text_mask, batch_size, mesh)
+    k_txt, k_img = min(k_test, n_txt), min(k_test, n_img)
+
+    # This process's queries: a slice of the images (i2t) and of the texts (t2i).
+    pid, count = jax.process_index(), jax.process_count()
+    img_slices = [_process_slice(n_img, p, count) for p in range(count)]
+    txt_slices = [_process_slice(n_txt, p, count) for p in range(count)]
+    (i0, i1), (t0, t1) = img_slices[pid], txt_slices[pid]
+    sim_i2t, idx_i2t = _shortlist(feats.image_embeds[i0:i1], feats.text_embeds, k_txt)
+    sim_t2i, idx_t2i = _shortlist(feats.text_embeds[t0:t1], feats.image_embeds, k_img)
+
+    enc_ids = text_ids.copy()
+    enc_ids[:, 0] = tok.ENC_ID  # the image-grounded encoder starts with [ENC]
+    image_index = np.concatenate([np.repeat(np.arange(i0, i1, dtype=np.int32), k_txt),
+                                  idx_t2i.ravel()])
+    text_index = np.concatenate([idx_i2t.ravel(),
+                                 np.repeat(np.arange(t0, t1, dtype=np.int32), k_img)])
+    pairs = [(b - a) * k_txt + (d - c) * k_img for (a, b), (c, d) in zip(img_slices, txt_slices)]
+    match = _itm_match(model, params, feats.image_tokens, image_index, text_index, enc_ids,
+                       text_mask, pairs, batch_size, mesh)
+    n_i2t = (i1 - i0) * k_txt
+    match_i2t = match[:n_i2t].reshape(i1 - i0, k_txt)
+    match_t2i = match[n_i2t:].reshape(t1 - t0, k_img)
+
+    # Gather the sparse top-k results, then every process builds the dense matrices.
+    img_sizes = [b - a for a, b in img_slices]
+    txt_sizes = [b - a for a, b in txt_slices]
+    scores_i2t = combine_scores(n_txt, _gather_rows(idx_i2t, img_sizes),
+                                _gather_rows(sim_i2t, img_sizes), _gather_rows(match_i2t, img_sizes))
+    scores_t2i = combine_scores(n_img, _gather_rows(idx_t2i, txt_sizes),
+                                _gather_rows(sim_t2i, txt_sizes), _gather_rows(match_t2i, txt_sizes))
+    return scores_i2t, scores_t2i
+
+
+def evaluate_retrieval(model: Blip, params, images: np.ndarray, text_ids: np.ndarray,
+                       text_mask: np.ndarray, text_to_image: np.ndarray,
+                       image_to_texts: Sequence[Sequence[int]], *, k_test: int,
+                       batch_size: int = 64, mesh: Optional[Mesh] = None) -> dict[str, float]:
+    """The paper's retrieval evaluation: `retrieval_scores` then `retrieval_metrics`
+    (txt_r1/5/10, img_r1/5/10, txt_r_mean, img_r_mean, r_mean in percent)."""
+    scores_i2t, scores_t2i = retrieval_scores(model, params, images, text_ids, text_mask,
+                                              k_test=k_test, batch_size=batch_size, mesh=mesh)
+    return retrieval_metrics(scores_i2t, scores_t2i, text_to_image, image_to_texts)

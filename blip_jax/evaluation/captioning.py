@@ -1,0 +1,155 @@
+"""COCO caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr, optionally SPICE) via pycocoevalcap.
+
+The standard COCO evaluation tokenizes with Stanford's PTBTokenizer and scores METEOR with the
+METEOR 1.5 jar, both run with `java`. Without java, tokenisation falls back to `python_tokenize`
+(PTB-like rules, same punctuation removal) and METEOR is skipped; the returned dict names the path
+taken under "tokenizer" ("ptb" or "python"). SPICE needs Stanford CoreNLP models that
+pycocoevalcap downloads at first use: it runs only when asked and is left out, with a warning,
+when it cannot run.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import re
+import shutil
+import statistics
+from typing import Hashable, Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+# Tokens PTBTokenizer's wrapper in pycocoevalcap drops after tokenising (punctuation, brackets).
+_PTB_PUNCTUATION = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?",
+                              "!", ",", ":", "-", "--", "...", ";"])
+_CLITIC = re.compile(r"(?<=[a-z0-9])(n't|'s|'re|'ve|'ll|'d|'m)\b")
+# A word (inner hyphens, periods, colons, slashes or apostrophes kept: "t-shirt", "3.5", "5:30",
+# "o'clock"), a split-off clitic, "..." or "--", or any other single non-space character.
+_TOKEN = re.compile(r"n't|'(?:s|re|ve|ll|d|m)\b|[a-z0-9]+(?:[-.':/][a-z0-9]+)*|\.\.\.|--|\S")
+# PTB's bracket names; with -lowerCase they come out lower-cased, which the punctuation list
+# (upper case) does not catch, so the standard evaluation keeps them as words.
+_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "{": "-lcb-", "}": "-rcb-", "[": "-lsb-", "]": "-rsb-"}
+
+
+def python_tokenize(text: str) -> str:
+    """Lower-cased, PTB-like tokens joined by spaces, punctuation removed as pycocoevalcap does:
+    the fallback for PTBTokenizer when java is missing. Clitics split as PTB does ("don't" ->
+    "do n't", "dog's" -> "dog 's"), quotes dropped, other symbols ("&") kept."""
+    text = _CLITIC.sub(r" \1", text.lower().replace("\n", " "))
+    words = [_BRACKETS.get(w, w) for w in _TOKEN.findall(text)]
+    return " ".join(w for w in words if w not in _PTB_PUNCTUATION and w != '"')
+
+
+def _check_ids(predictions: Mapping, references: Mapping) -> None:
+    missing = [k for k in references if k not in predictions]
+    extra = [k for k in predictions if k not in references]
+    if missing or extra:
+        raise ValueError(f"predictions and references must cover the same image ids: "
+                         f"{len(missing)} without a prediction (e.g. {missing[:3]}), {len(extra)} "
+                         f"without references (e.g. {extra[:3]})")
+    empty = [k for k, refs in references.items() if not len(refs)]
+    if empty:
+        raise ValueError(f"{len(empty)} image ids have no reference caption (e.g. {empty[:3]})")
+
+
+def _tokenize(captions: Mapping[Hashable, Sequence[str]], use_java: bool) -> dict:
+    if use_java:
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+        return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+    return {k: [python_tokenize(c) for c in v] for k, v in captions.items()}
+
+
+def _meteor(gts: dict, res: dict) -> float:
+    from pycocoevalcap.meteor.meteor import Meteor
+    scorer = Meteor()
+    try:
+        return float(scorer.compute_score(gts, res)[0])
+    finally:
+        del scorer  # its __del__ stops the java process now, not at interpreter exit
+
+
+def _spice(gts: dict, res: dict) -> float | None:
+    try:
+        from pycocoevalcap.spice.spice import Spice
+        return float(Spice().compute_score(gts, res)[0])
+    except Exception as e:  # noqa: BLE001: any failure (download, java, memory) only drops SPICE
+        log.warning("SPICE left out: %s: %s. It needs java and the Stanford CoreNLP 3.6.0 jars in "
+                    "pycocoevalcap/spice/lib (downloaded on first use: run once with network "
+                    "access)", type(e).__name__, e)
+        return None
+
+
+def caption_metrics(predictions: Mapping[Hashable, str],
+                    references: Mapping[Hashable, Sequence[str]], *,
+                    spice: bool = False, tokenizer: str = "auto") -> dict[str, float | str]:
+    """COCO caption metrics of one predicted caption per image against its references.
+
+    predictions: image_id -> caption; references: image_id -> reference captions (same ids).
+    tokenizer: "auto" (PTB via java when java is on PATH, else Python), "ptb" or "python".
+    Returns Bleu_1..Bleu_4, METEOR (PTB path only), ROUGE_L, CIDEr, SPICE (when asked and it runs)
+    as fractions (x100 for the paper's numbers), and "tokenizer": the path used.
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    _check_ids(predictions, references)
+    if tokenizer not in ("auto", "ptb", "python"):
+        raise ValueError(f"tokenizer={tokenizer!r}: use 'auto', 'ptb' or 'python'")
+    has_java = shutil.which("java") is not None
+    if tokenizer == "ptb" and not has_java:
+        raise RuntimeError("tokenizer='ptb' needs java on PATH; install a JRE or use 'python'")
+    use_java = has_java and tokenizer != "python"
+    if not has_java and tokenizer == "auto":
+        log.warning("java not found: tokenising captions with python_tokenize and skipping METEOR "
+                    "(install a JRE for the standard COCO evaluation)")
+    gts = _tokenize(references, use_java)
+    res = _tokenize({k: [predictions[k]] for k in references}, use_java)
+
+    out: dict[str, float | str] = {"tokenizer": "ptb" if use_java else "python"}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    out.update({f"Bleu_{n + 1}": float(b) for n, b in enumerate(bleu)})
+    if use_java:
+        out["METEOR"] = _meteor(gts, res)
+    out["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
+    out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    if spice:
+        value = _spice(gts, res)
+        if value is not None:
+            out["SPICE"] = value
+    return out
+
+
+def _json_id(image_id):
+    """numpy integers -> int so that the ids serialise as in COCO's files."""
+    return image_id.item() if hasattr(image_id, "item") else image_id
+
+
+def write_results(path: str, predictions: Mapping[Hashable, str]) -> None:
+    """Writes captions in the COCO results format: [{"image_id": ..., "caption": ...}, ...]."""
+    rows = [{"image_id": _json_id(k), "caption": str(v)} for k, v in predictions.items()]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(rows, f, ensure_ascii=False)
+
+
+def caption_agnostic_baseline(references: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, str]:
+    """The same caption for every image: what a captioner that ignores the image could score best
+    with little effort. The caption is the set's most frequent reference (whitespace-normalised,
+    lower-cased); on sets where references are nearly all distinct (COCO) ties are broken by, in
+    order: word count closest to the median reference length, highest mean frequency of its words
+    over all references (the most generic wording), then alphabetical order."""
+    refs = [" ".join(c.lower().split()) for v in references.values() for c in v]
+    refs = [c for c in refs if c]
+    if not refs:
+        raise ValueError("caption_agnostic_baseline needs at least one non-empty reference caption")
+    count = collections.Counter(refs)
+    words = collections.Counter(w for c in refs for w in c.split())
+    median = statistics.median(len(c.split()) for c in refs)
+
+    def key(c: str):
+        toks = c.split()
+        return (-count[c], abs(len(toks) - median), -sum(words[w] for w in toks) / len(toks), c)
+
+    best = min(count, key=key)
+    return {k: best for k in references}
