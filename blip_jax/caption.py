@@ -1,6 +1,7 @@
-"""Caption images with a blip_jax checkpoint (greedy decoding).
+"""Caption images with a blip_jax checkpoint: beam search (3 beams, the paper's setting),
+greedy (--beams 1) or nucleus sampling (--top-p 0.9 --seed S).
 
-    python -m blip_jax.caption --checkpoint DIR [--json] IMAGE [IMAGE ...]
+    python -m blip_jax.caption --checkpoint DIR [--json] [--beams N | --top-p P] IMAGE [IMAGE ...]
 """
 
 from __future__ import annotations
@@ -23,11 +24,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=20, help="tokens incl. [DEC] and prompt")
     p.add_argument("--min-length", type=int, default=5, help="tokens incl. [DEC] and prompt")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--beams", type=int, default=3, help="beam search width; 1 = greedy")
+    p.add_argument("--top-p", type=float, default=0.0,
+                   help="> 0: nucleus sampling with this top-p instead of beam search")
+    p.add_argument("--seed", type=int, default=0, help="random seed of nucleus sampling")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 discourages repeated tokens (CapFilt sampling used 1.1)")
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.beams < 1:
+        parser.error(f"--beams must be >= 1 (1 = greedy), got {args.beams}")
+    if not 0.0 <= args.top_p <= 1.0:
+        parser.error(f"--top-p must be in [0, 1] (0 = beam search or greedy), got {args.top_p}")
     from blip_jax.inference import Predictor  # after parsing: --help stays instant
 
     predictor = Predictor.load(args.checkpoint)
@@ -43,7 +55,8 @@ def main(argv=None) -> int:
         import numpy as np
         texts, tokens = predictor.caption(
             np.stack(images), prompt=args.prompt, max_length=args.max_length,
-            min_length=args.min_length, batch_size=args.batch_size)
+            min_length=args.min_length, batch_size=args.batch_size, num_beams=args.beams,
+            top_p=args.top_p, seed=args.seed, repetition_penalty=args.repetition_penalty)
         for path, text, ids in zip(paths, texts, tokens):
             if args.json:
                 print(json.dumps({"image": path, "caption": text, "tokens": ids}))

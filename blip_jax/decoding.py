@@ -1,15 +1,20 @@
-"""Caption decoding with a key/value cache, under jit with static shapes.
+"""Caption decoding (greedy, beam search, nucleus sampling) with a key/value cache, under jit
+with static shapes.
 
-The image cross-attention keys/values are computed once (prompt pass) and reused at every
-step; the self-attention cache grows one slot per token. Output token arrays always have
+The image cross-attention keys/values are computed once per image (prompt pass) and reused at
+every step; the self-attention cache grows one slot per token. Output token arrays always have
 `max_length` columns: the prompt (starting with [DEC]), the generated tokens, [SEP] where a
-sequence ended, then padding (0).
+sequence ended, then padding (0). Lengths count the prompt, as transformers' generate does.
+
+Scores follow transformers' logits processors in their order: repetition penalty, the
+[SEP] ban below `min_length`, then (sampling only) temperature, top-k and top-p. Greedy and
+sampling process the raw logits; beam search processes log-probabilities (as transformers does).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +22,12 @@ import numpy as np
 
 from blip_jax import tokenizer as tok
 from blip_jax.models.blip import Blip
+
+# transformers' beam search marks impossible/finished candidates by adding this (not -inf, so
+# that sums stay ordered); reproducing it keeps beam finalisation bit-compatible.
+_BEAM_PENALTY = -1.0e9
+
+METHODS = ("beam", "greedy", "nucleus")
 
 
 def prompt_ids(tokenizer: tok.BlipTokenizer, prompt: str = "") -> np.ndarray:
@@ -43,37 +54,250 @@ def _run(model: Blip, params, cache, ids, positions, context):
     return logits[:, -1], state["cache"]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_length", "min_length"))
-def greedy_decode(model: Blip, params, context: jax.Array, prefix: jax.Array, *,
-                  max_length: int = 20, min_length: int = 0) -> jax.Array:
-    """Greedy captions. context [B, N, C] image tokens; prefix [P] int32 ([DEC] + prompt).
-
-    Returns int32 tokens [B, max_length]; `min_length` counts the prefix, as HF does.
-    """
+def _prompt_pass(model: Blip, params, context, prefix, max_length: int):
+    """Runs [DEC]+prompt for every image: (tokens [B, max_length], logits [B, V], cache)."""
     batch, plen = context.shape[0], prefix.shape[0]
+    if plen >= max_length:
+        raise ValueError(f"the prefix ([DEC] + prompt) is {plen} tokens but max_length is "
+                         f"{max_length}: raise max_length or shorten the prompt")
     cache = init_cache(model, params, context, max_length)
     ids = jnp.broadcast_to(prefix[None], (batch, plen)).astype(jnp.int32)
     logits, cache = _run(model, params, cache, ids, jnp.arange(plen)[None], context)
     tokens = jnp.zeros((batch, max_length), jnp.int32).at[:, :plen].set(ids)
-    done = jnp.zeros((batch,), bool)
+    return tokens, logits, cache
+
+
+# -- score processors ---------------------------------------------------------------------------
+
+def _repetition_penalty(scores: jax.Array, tokens: jax.Array, length, penalty: float) -> jax.Array:
+    """transformers' RepetitionPenaltyLogitsProcessor: every token among tokens[:, :length]
+    (prompt and [DEC] included) has its score divided by `penalty` if positive, multiplied if
+    negative. scores [N, V] float32, tokens [N, L] int32."""
+    if penalty == 1.0:
+        return scores
+    n, vocab = scores.shape
+    # Slots at or after `length` point past the vocabulary and are dropped by the scatter.
+    ids = jnp.where(jnp.arange(tokens.shape[1]) < length, tokens, vocab)
+    seen = jnp.zeros((n, vocab), bool).at[jnp.arange(n)[:, None], ids].set(True, mode="drop")
+    return jnp.where(seen, jnp.where(scores < 0, scores * penalty, scores / penalty), scores)
+
+
+def _ban_end_before(scores: jax.Array, length, min_length: int) -> jax.Array:
+    """[SEP] is impossible while the sequence (prefix included) is shorter than min_length."""
+    return jnp.where((length < min_length) & (jnp.arange(scores.shape[-1]) == tok.SEP_ID),
+                     -jnp.inf, scores)
+
+
+def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
+    """Nucleus filter: logits [..., V] with -inf outside the smallest set of most likely tokens
+    whose probability mass reaches `top_p` (always at least the most likely token); tokens tied
+    with the least likely kept one are kept too. top_p >= 1 returns the logits unchanged."""
+    if top_p >= 1.0:
+        return logits
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    desc = -jnp.sort(-probs, axis=-1)
+    mass_before = jnp.cumsum(desc, axis=-1) - desc  # mass of the strictly more likely tokens
+    keep_count = jnp.maximum(jnp.sum(mass_before < top_p, axis=-1, keepdims=True), 1)
+    threshold = jnp.take_along_axis(desc, keep_count - 1, axis=-1)
+    return jnp.where(probs >= threshold, logits, -jnp.inf)
+
+
+def top_k_filter(logits: jax.Array, top_k: int) -> jax.Array:
+    """logits [..., V] with -inf below the k-th largest (ties kept); top_k 0 = no filter."""
+    if top_k <= 0 or top_k >= logits.shape[-1]:
+        return logits
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    return jnp.where(logits >= kth, logits, -jnp.inf)
+
+
+# -- greedy and sampling ------------------------------------------------------------------------
+
+def _decode_one_per_row(model: Blip, params, context, prefix, pick: Callable, *,
+                        max_length: int, min_length: int, repetition_penalty: float):
+    """Shared loop of greedy and sampling: pick(scores [B, V] float32, length) -> [B] int32.
+    Stops as soon as every row has produced [SEP]."""
+    tokens, logits, cache = _prompt_pass(model, params, context, prefix, max_length)
+    batch, plen = tokens.shape[0], prefix.shape[0]
+
+    def choose(tokens, length, done, logits):
+        scores = _repetition_penalty(logits, tokens, length, repetition_penalty)
+        scores = _ban_end_before(scores, length, min_length)
+        nxt = jnp.where(done, tok.PAD_ID, pick(scores, length).astype(jnp.int32))
+        tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, length))
+        return tokens, length + 1, done | (nxt == tok.SEP_ID), nxt
 
     def cond(state):
         _, length, done, _, _ = state
         return (length < max_length) & ~jnp.all(done)
 
     def body(state):
-        tokens, length, done, cache, logits = state
-        # [SEP] is forbidden until the sequence (prefix included) reaches min_length.
-        logits = jnp.where((length < min_length) & (jnp.arange(logits.shape[-1]) == tok.SEP_ID),
-                           -jnp.inf, logits)
-        nxt = jnp.where(done, tok.PAD_ID, jnp.argmax(logits, axis=-1).astype(jnp.int32))
-        tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, length))
-        done = done | (nxt == tok.SEP_ID)
-        logits, cache = _run(model, params, cache, nxt[:, None], jnp.full((1, 1), length), None)
-        return tokens, length + 1, done, cache, logits
+        tokens, length, done, cache, last = state
+        # The step's forward runs only when another token is needed (no wasted last pass).
+        logits, cache = _run(model, params, cache, last[:, None], jnp.full((1, 1), length - 1),
+                             None)
+        tokens, length, done, last = choose(tokens, length, done, logits)
+        return tokens, length, done, cache, last
 
-    tokens, *_ = jax.lax.while_loop(cond, body, (tokens, jnp.int32(plen), done, cache, logits))
+    tokens, length, done, last = choose(tokens, jnp.int32(plen), jnp.zeros((batch,), bool), logits)
+    tokens, *_ = jax.lax.while_loop(cond, body, (tokens, length, done, cache, last))
     return tokens
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_length", "min_length",
+                                             "repetition_penalty"))
+def greedy_decode(model: Blip, params, context: jax.Array, prefix: jax.Array, *,
+                  max_length: int = 20, min_length: int = 0,
+                  repetition_penalty: float = 1.0) -> jax.Array:
+    """Greedy captions. context [B, N, C] image tokens; prefix [P] int32 ([DEC] + prompt).
+
+    Returns int32 tokens [B, max_length]; `min_length` counts the prefix, as HF does.
+    """
+    pick = lambda scores, length: jnp.argmax(scores, axis=-1)
+    return _decode_one_per_row(model, params, context, prefix, pick, max_length=max_length,
+                               min_length=min_length, repetition_penalty=repetition_penalty)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "top_p", "temperature", "max_length",
+                                             "min_length", "repetition_penalty", "top_k"))
+def nucleus_sample(model: Blip, params, context: jax.Array, prefix: jax.Array, rng: jax.Array, *,
+                   top_p: float = 0.9, temperature: float = 1.0, max_length: int = 20,
+                   min_length: int = 5, repetition_penalty: float = 1.0,
+                   top_k: int = 0) -> jax.Array:
+    """Nucleus (top-p) sampled captions, one per row of context [B, N, C]; for N samples per
+    image repeat the context rows. `rng` is a PRNG key: the same key gives the same tokens
+    (step t draws with fold_in(rng, t)). `top_k` > 0 also keeps only the k most likely tokens
+    (transformers' generate defaults to 50; the CapFilt recipe is top_p 0.9 alone).
+    Returns int32 tokens [B, max_length]. Pure JAX: usable under pmap/vmap."""
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if temperature <= 0.0:
+        raise ValueError(f"temperature must be > 0 (use greedy_decode for argmax), got {temperature}")
+
+    def pick(scores, length):
+        scores = scores / temperature if temperature != 1.0 else scores
+        scores = top_p_filter(top_k_filter(scores, top_k), top_p)
+        return jax.random.categorical(jax.random.fold_in(rng, length), scores, axis=-1)
+
+    return _decode_one_per_row(model, params, context, prefix, pick, max_length=max_length,
+                               min_length=min_length, repetition_penalty=repetition_penalty)
+
+
+# -- beam search --------------------------------------------------------------------------------
+
+def _reorder_cache(cache, rows: jax.Array):
+    """Gathers the self-attention cache rows [B*K, ...] of the surviving beams. The image
+    cross-attention keys/values are equal across the beams of an image (beams never move
+    between images), so they are left in place."""
+    def pick(path, leaf):
+        name = getattr(path[-1], "key", "")
+        return jnp.take(leaf, rows, axis=0) if name in ("cached_key", "cached_value") else leaf
+    return jax.tree_util.tree_map_with_path(pick, cache)
+
+
+def _gather(x: jax.Array, idx: jax.Array) -> jax.Array:
+    """x [B, M, ...], idx [B, K] -> x[b, idx[b, k], ...]."""
+    return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_beams", "max_length", "min_length",
+                                             "length_penalty", "repetition_penalty"))
+def beam_search(model: Blip, params, context: jax.Array, prefix: jax.Array, *, num_beams: int = 3,
+                max_length: int = 20, min_length: int = 5, length_penalty: float = 1.0,
+                repetition_penalty: float = 1.0) -> jax.Array:
+    """Beam search with [SEP] as end token; returns the best finished beam per image, int32
+    tokens [B, max_length] (context [B, N, C], prefix [P] = [DEC] + prompt).
+
+    Same semantics as transformers' generate(num_beams=K, early_stopping=False): each step
+    keeps the 2K best continuations over all beams; those ending ([SEP] or max_length) among the
+    first K become finished hypotheses scored sum(logprob) / generated_length**length_penalty;
+    the K best non-ending ones continue. An image is done when its K finished hypotheses all
+    score at least the best running beam's score at the current length.
+    """
+    k, plen = num_beams, prefix.shape[0]
+    tokens, logits, cache = _prompt_pass(model, params, context, prefix, max_length)
+    batch, vocab = tokens.shape[0], logits.shape[-1]
+    # One copy of the prompt state per beam: the image K/V are computed once, then repeated.
+    cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, k, axis=0) if x.ndim else x, cache)
+    logits = jnp.repeat(logits, k, axis=0)
+    running = jnp.repeat(tokens[:, None], k, axis=1)  # [B, K, L]
+    # Only beam 0 is live at first, so the first step does not pick the same token K times.
+    running_scores = jnp.where(jnp.arange(k) == 0, 0.0, _BEAM_PENALTY) * jnp.ones((batch, 1))
+    first_k = jnp.arange(2 * k) < k
+    norm = lambda length: jnp.float32(length - plen) ** length_penalty
+    positions = jnp.arange(max_length)
+
+    def step(state, logits):
+        (length, running, running_scores, finished, finished_scores, is_finished, improvable,
+         cache) = state
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        logp = _repetition_penalty(logp, running.reshape(batch * k, -1), length,
+                                   repetition_penalty)
+        logp = _ban_end_before(logp, length, min_length)
+        total = (logp.reshape(batch, k, vocab) + running_scores[..., None]).reshape(batch, -1)
+        cand_scores, flat = jax.lax.top_k(total, 2 * k)  # [B, 2K]
+        origin, token = flat // vocab, (flat % vocab).astype(jnp.int32)
+        cand = jnp.where(positions == length, token[..., None], _gather(running, origin))
+        ends = (token == tok.SEP_ID) | (length + 1 >= max_length)
+
+        # The K best continuations that do not end keep running.
+        live_scores = cand_scores + ends.astype(jnp.float32) * _BEAM_PENALTY
+        keep = jax.lax.top_k(live_scores, k)[1]
+        running, running_scores = _gather(cand, keep), _gather(live_scores, keep)
+        rows = (jnp.arange(batch)[:, None] * k + _gather(origin, keep)).reshape(-1)
+
+        # Ending candidates among the first K join the finished set if they beat its worst.
+        just_ended = ends & first_k
+        scores = cand_scores / norm(length + 1)
+        scores = scores + (~improvable)[:, None].astype(jnp.float32) * _BEAM_PENALTY
+        scores = scores + (~just_ended).astype(jnp.float32) * _BEAM_PENALTY
+        merged = jnp.concatenate([finished_scores, scores], axis=1)
+        best = jax.lax.top_k(merged, k)[1]
+        finished = _gather(jnp.concatenate([finished, cand], axis=1), best)
+        finished_scores = _gather(merged, best)
+        is_finished = _gather(jnp.concatenate([is_finished, just_ended], axis=1), best)
+
+        # Can the best running beam still beat a finished one (transformers' heuristic)?
+        length = length + 1
+        best_running = running_scores[:, :1] / norm(length)
+        worst = jnp.where(is_finished, jnp.min(finished_scores, axis=1, keepdims=True),
+                          _BEAM_PENALTY)
+        improvable = improvable & jnp.any(best_running > worst, axis=1)
+        return (length, running, running_scores, finished, finished_scores, is_finished,
+                improvable, _reorder_cache(cache, rows))
+
+    def cond(state):
+        length, improvable = state[0], state[6]
+        return (length < max_length) & jnp.any(improvable)
+
+    def body(state):
+        length, running, cache = state[0], state[1], state[7]
+        last = jax.lax.dynamic_index_in_dim(running, length - 1, axis=2, keepdims=False)
+        logits, cache = _run(model, params, cache, last.reshape(-1, 1),
+                             jnp.full((1, 1), length - 1), None)
+        return step(state[:7] + (cache,), logits)
+
+    state = (jnp.int32(plen), running, running_scores, running,
+             jnp.full((batch, k), _BEAM_PENALTY, jnp.float32), jnp.zeros((batch, k), bool),
+             jnp.ones((batch,), bool), cache)
+    state = jax.lax.while_loop(cond, body, step(state, logits))
+    return state[3][:, 0]
+
+
+# -- dispatch and output ------------------------------------------------------------------------
+
+def generate(model: Blip, params, context: jax.Array, prefix: jax.Array, *,
+             method: str = "beam", rng: Optional[jax.Array] = None, **options) -> jax.Array:
+    """Captions by `method` ('beam', 'greedy' or 'nucleus'); `options` go to beam_search,
+    greedy_decode or nucleus_sample. Returns int32 tokens [B, max_length]."""
+    if method == "beam":
+        return beam_search(model, params, context, prefix, **options)
+    if method == "greedy":
+        return greedy_decode(model, params, context, prefix, **options)
+    if method == "nucleus":
+        if rng is None:
+            raise ValueError("nucleus sampling needs rng=jax.random.key(seed)")
+        return nucleus_sample(model, params, context, prefix, rng, **options)
+    raise ValueError(f"unknown decoding method {method!r}: use one of {', '.join(METHODS)}")
 
 
 def strip_and_decode(tokenizer: tok.BlipTokenizer, tokens: np.ndarray,
@@ -91,5 +315,6 @@ def caption_tokens_list(tokens: np.ndarray) -> list[list[int]]:
     return out
 
 
-__all__: Sequence[str] = ["caption_tokens_list", "greedy_decode", "init_cache", "prompt_ids",
-                          "strip_and_decode"]
+__all__: Sequence[str] = ["METHODS", "beam_search", "caption_tokens_list", "generate",
+                          "greedy_decode", "init_cache", "nucleus_sample", "prompt_ids",
+                          "strip_and_decode", "top_k_filter", "top_p_filter"]

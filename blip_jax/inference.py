@@ -38,23 +38,41 @@ class Predictor:
         return _image_tokens(self.model, self.params, jnp.asarray(images))
 
     def caption(self, images: np.ndarray, *, prompt: str = "a picture of ", max_length: int = 20,
-                min_length: int = 5, batch_size: int = 8) -> tuple[list[str], list[list[int]]]:
-        """Greedy captions for normalised images [N, H, W, 3]: (texts, token ids incl. [DEC])."""
+                min_length: int = 5, batch_size: int = 8, num_beams: int = 3, top_p: float = 0.0,
+                seed: int = 0, repetition_penalty: float = 1.0
+                ) -> tuple[list[str], list[list[int]]]:
+        """Captions for normalised images [N, H, W, 3]: (texts, token ids incl. [DEC]).
+
+        Beam search with `num_beams` (1 = greedy); `top_p` > 0 switches to nucleus sampling
+        seeded by `seed` (each batch of images draws with its own key folded from it).
+        Lengths count [DEC] and the prompt, which is stripped from the texts."""
         if not self.config.text_decoder:
             raise ValueError("this checkpoint has no text decoder (a retrieval model?): "
                              "it cannot caption; use a captioning or pre-trained checkpoint")
+        if num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1 (1 = greedy), got {num_beams}")
+        if not 0.0 <= top_p <= 1.0:
+            raise ValueError(f"top_p must be in [0, 1] (0 = no sampling), got {top_p}")
         prefix = decoding.prompt_ids(self.tokenizer, prompt)
         if len(prefix) >= max_length:
             raise ValueError(f"prompt {prompt!r} is {len(prefix)} tokens, max_length={max_length}")
+        options = dict(max_length=max_length, min_length=min_length,
+                       repetition_penalty=repetition_penalty)
+        if top_p > 0:
+            method, options["top_p"] = "nucleus", top_p
+        elif num_beams > 1:
+            method, options["num_beams"] = "beam", num_beams
+        else:
+            method = "greedy"
         texts, token_lists = [], []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             # Pad the last chunk to the batch size so every call reuses one compiled program.
             padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
             ctx = self.image_tokens(padded)
-            toks = np.asarray(decoding.greedy_decode(
-                self.model, self.params, ctx, jnp.asarray(prefix), max_length=max_length,
-                min_length=min_length))[: len(chunk)]
+            rng = jax.random.fold_in(jax.random.key(seed), start) if method == "nucleus" else None
+            toks = np.asarray(decoding.generate(self.model, self.params, ctx, jnp.asarray(prefix),
+                                                method=method, rng=rng, **options))[: len(chunk)]
             texts += decoding.strip_and_decode(self.tokenizer, toks, len(prefix))
             token_lists += decoding.caption_tokens_list(toks)
         return texts, token_lists

@@ -1,5 +1,7 @@
-"""Greedy decoding: token-identical to transformers' generate on converted weights; the
-key/value cache reproduces the full causal forward; the caption/score commands."""
+"""Decoding: greedy and beam search token-identical to transformers' generate on converted
+weights; cached beam search equals a plain beam search over the full causal forward; seeded
+nucleus sampling and its top-p filter; the key/value cache reproduces the full causal forward;
+the caption/score commands."""
 
 import json
 
@@ -41,8 +43,8 @@ def _images(n, size=64, seed=0):
     return np.random.default_rng(seed).normal(size=(n, size, size, 3)).astype(np.float32)
 
 
-@pytest.mark.parametrize("min_length", [0, 5])
-def test_greedy_matches_transformers_generate(hf_captioner, min_length):
+@pytest.mark.parametrize("min_length,penalty", [(0, 1.0), (5, 1.0), (5, 1.5)])
+def test_greedy_matches_transformers_generate(hf_captioner, min_length, penalty):
     from blip_jax.convert import load_hf
     hf, path = hf_captioner
     config, params, _ = load_hf(path)
@@ -50,16 +52,179 @@ def test_greedy_matches_transformers_generate(hf_captioner, min_length):
     with torch.no_grad():
         ref = hf.generate(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)),
                           max_length=20, min_length=min_length, num_beams=1,
-                          do_sample=False).numpy()
+                          do_sample=False, repetition_penalty=penalty).numpy()
     model = Blip(config)
     ctx = model.apply({"params": params}, jnp.asarray(images), method=Blip.image_features)
     ours = np.asarray(decoding.greedy_decode(model, params, ctx, jnp.array([tok.DEC_ID]),
-                                             max_length=20, min_length=min_length))
+                                             max_length=20, min_length=min_length,
+                                             repetition_penalty=penalty))
     ended = [tok.SEP_ID in row for row in ref.tolist()]
     assert any(ended) and (min_length == 0 or not all(ended)), "fixture lost its early stops"
     # HF trims columns after the longest sequence; both pad with 0 after [SEP].
     np.testing.assert_array_equal(ours[:, : ref.shape[1]], ref)
     assert np.all(ours[:, ref.shape[1]:] == tok.PAD_ID)
+
+
+def _until_end(tokens: np.ndarray) -> np.ndarray:
+    """Zeros after each row's first [SEP] (transformers' beam search pads with [SEP] there)."""
+    out = tokens.copy()
+    for row in out:
+        ends = np.flatnonzero(row == tok.SEP_ID)
+        if len(ends):
+            row[ends[0] + 1:] = tok.PAD_ID
+    return out
+
+
+def test_beam_search_matches_transformers_generate(hf_captioner):
+    """3 beams, min length 5, max length 20 (the paper's captioning setting): identical tokens,
+    including rows that end early. (Prompts: see the full-forward beam search test.)"""
+    from blip_jax.convert import load_hf
+    hf, path = hf_captioner
+    config, params, _ = load_hf(path)
+    images = _images(6, seed=1)
+    prefix = np.array([tok.DEC_ID], np.int32)
+    with torch.no_grad():
+        ref = hf.generate(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)),
+                          max_length=20, min_length=5, num_beams=3, do_sample=False).numpy()
+    model = Blip(config)
+    ctx = model.apply({"params": params}, jnp.asarray(images), method=Blip.image_features)
+    ours = np.asarray(decoding.beam_search(model, params, ctx, jnp.asarray(prefix), num_beams=3,
+                                           max_length=20, min_length=5))
+    lengths = [len(t) for t in decoding.caption_tokens_list(ours)]
+    assert min(lengths) < 20 and len(set(lengths)) > 1, f"fixture lost its early ends: {lengths}"
+    # Greedy picks differ from beam search somewhere: the beams genuinely diverge.
+    greedy = np.asarray(decoding.greedy_decode(model, params, ctx, jnp.asarray(prefix),
+                                               max_length=20, min_length=5))
+    assert not np.array_equal(greedy, ours)
+    np.testing.assert_array_equal(ours[:, : ref.shape[1]], _until_end(ref))
+    assert np.all(ours[:, ref.shape[1]:] == tok.PAD_ID)
+
+
+def _reference_beam_search(next_logp, prefix, num_beams, max_length, min_length, length_penalty):
+    """Plain Python beam search with transformers' semantics, one image; next_logp(seqs) gives
+    float64 next-token log-probs [len(seqs), V] from a full forward over each sequence."""
+    plen = len(prefix)
+    running, finished, improvable = [(0.0, list(prefix))], [], True
+    for cur in range(plen, max_length):
+        logp = next_logp([seq for _, seq in running])
+        if cur < min_length:
+            logp[:, tok.SEP_ID] = -np.inf
+        total = np.array([score for score, _ in running])[:, None] + logp
+        order = np.argsort(-total.ravel(), kind="stable")[: 2 * num_beams]
+        new_running = []
+        for rank, flat in enumerate(order):
+            beam, token = divmod(int(flat), logp.shape[1])
+            score, seq = float(total.ravel()[flat]), running[beam][1] + [token]
+            if token == tok.SEP_ID or cur + 1 >= max_length:
+                if rank < num_beams and improvable:
+                    finished.append((score / (cur + 1 - plen) ** length_penalty, seq))
+            elif len(new_running) < num_beams:
+                new_running.append((score, seq))
+        finished = sorted(finished, key=lambda f: -f[0])[:num_beams]
+        running = new_running
+        best_running = running[0][0] / (cur + 1 - plen) ** length_penalty if running else -np.inf
+        improvable = len(finished) < num_beams or best_running > finished[-1][0]
+        if not improvable:
+            break
+    seq = finished[0][1]
+    return np.array(seq + [tok.PAD_ID] * (max_length - len(seq)), np.int32)
+
+
+def test_cached_beam_search_equals_full_forward_beam_search():
+    """The jitted beam search (cache expanded per beam, reordered each step) gives the tokens
+    of a plain Python beam search that recomputes the whole causal forward at every step."""
+    config = preset("tiny")
+    params = init_params(config, jax.random.key(3))
+    # A likelier [SEP] so that some beams end before max_length.
+    params["text_decoder"]["lm_head"]["bias"] = params["text_decoder"]["lm_head"]["bias"].at[
+        tok.SEP_ID].set(3.0)
+    model = Blip(config)
+    ctx = model.apply({"params": params}, jnp.asarray(_images(2, seed=2)),
+                      method=Blip.image_features)
+    # Prefix [DEC] "a picture": a prompt, as captioning uses.
+    prefix, kwargs = [tok.DEC_ID, 1037, 3861], dict(num_beams=3, max_length=14, min_length=5,
+                                                    length_penalty=2.0)
+    ours = np.asarray(decoding.beam_search(model, params, ctx, jnp.asarray(prefix), **kwargs))
+    full = jax.jit(lambda ids, c: model.apply({"params": params}, ids, jnp.ones_like(ids), c,
+                                              method=Blip.lm_logits))
+    for i in range(2):
+        def next_logp(seqs):
+            ids = np.zeros((3, kwargs["max_length"]), np.int32)  # one shape: one compile
+            for r, s in enumerate(seqs):
+                ids[r, : len(s)] = s
+            logits = np.asarray(full(jnp.asarray(ids), jnp.repeat(ctx[i:i + 1], 3, 0)),
+                                np.float64)[np.arange(len(seqs)), [len(s) - 1 for s in seqs]]
+            return logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
+                -1, keepdims=True)) - logits.max(-1, keepdims=True)
+        np.testing.assert_array_equal(ours[i], _reference_beam_search(next_logp, prefix, **kwargs))
+    assert any(tok.SEP_ID in row for row in ours.tolist())
+
+
+def _tiny_decoder():
+    config = preset("tiny")
+    params = init_params(config, jax.random.key(4))
+    model = Blip(config)
+    ctx = model.apply({"params": params}, jnp.asarray(_images(4, seed=3)),
+                      method=Blip.image_features)
+    return model, params, ctx
+
+
+def test_nucleus_sampling_is_seeded_and_works_under_pmap():
+    model, params, ctx = _tiny_decoder()
+    prefix = jnp.array([tok.DEC_ID])
+    sample = lambda seed: np.asarray(decoding.nucleus_sample(
+        model, params, ctx, prefix, jax.random.key(seed), top_p=0.9, max_length=12,
+        min_length=5, repetition_penalty=1.1))
+    a, b, c = sample(0), sample(0), sample(1)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert np.all(a[:, 0] == tok.DEC_ID) and not np.any(a[:, 1:5] == tok.SEP_ID)
+    assert len({tuple(r) for r in a.tolist()}) > 1  # rows of one batch draw independently
+    # A nucleus narrower than any probability keeps only the argmax: greedy decoding.
+    narrow = decoding.nucleus_sample(model, params, ctx, prefix, jax.random.key(5), top_p=1e-6,
+                                     max_length=12, min_length=5, repetition_penalty=1.1)
+    greedy = decoding.greedy_decode(model, params, ctx, prefix, max_length=12, min_length=5,
+                                    repetition_penalty=1.1)
+    np.testing.assert_array_equal(narrow, greedy)
+    # CapFilt calls nucleus_sample under pmap: each device gives what a direct call gives.
+    run = lambda c, k: decoding.nucleus_sample(model, params, c, prefix, k, top_p=0.9,
+                                               max_length=12, min_length=5,
+                                               repetition_penalty=1.1)
+    out = np.asarray(jax.pmap(run, devices=jax.devices()[:2])(
+        jnp.stack([ctx, ctx]), jnp.stack([jax.random.key(0), jax.random.key(1)])))
+    np.testing.assert_array_equal(out[0], a)
+    np.testing.assert_array_equal(out[1], c)
+    # The dispatcher reaches the same functions.
+    np.testing.assert_array_equal(
+        decoding.generate(model, params, ctx, prefix, method="nucleus", rng=jax.random.key(0),
+                          top_p=0.9, max_length=12, min_length=5, repetition_penalty=1.1), a)
+    with pytest.raises(ValueError, match="unknown decoding method"):
+        decoding.generate(model, params, ctx, prefix, method="topk")
+    with pytest.raises(ValueError, match="rng"):
+        decoding.generate(model, params, ctx, prefix, method="nucleus")
+
+
+def test_top_p_filter_keeps_minimal_nucleus():
+    """The kept set is the smallest set of most likely tokens whose mass reaches top_p, and
+    sampling never draws outside it (20000 draws, kept frequencies within 0.015)."""
+    logits = np.random.default_rng(0).normal(0, 2, (5, 40)).astype(np.float32)
+    for top_p in (0.05, 0.5, 0.9, 0.999):
+        kept = np.isfinite(np.asarray(decoding.top_p_filter(jnp.asarray(logits), top_p)))
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        for row, p in zip(kept, probs):
+            order = np.argsort(-p)
+            n = int(np.searchsorted(np.cumsum(p[order]), top_p) + 1)  # minimal count
+            assert set(np.flatnonzero(row)) == set(order[:n]), top_p
+            assert p[row].sum() >= top_p - 1e-6 and p[row].sum() - p[row].min() < top_p
+    assert np.array_equal(decoding.top_p_filter(jnp.asarray(logits), 1.0), logits)
+
+    fixed = jnp.log(jnp.array([0.4, 0.25, 0.15, 0.1, 0.05, 0.03, 0.02]))
+    nucleus = decoding.top_p_filter(fixed, 0.75)  # 0.4 + 0.25 + 0.15 = 0.8 >= 0.75
+    draws = np.asarray(jax.random.categorical(jax.random.key(0), nucleus, shape=(20000,)))
+    assert set(np.unique(draws)) == {0, 1, 2}
+    np.testing.assert_allclose(np.bincount(draws, minlength=3) / 20000,
+                               np.array([0.4, 0.25, 0.15]) / 0.8, atol=0.015)
 
 
 def test_cached_decoding_equals_full_forward():
@@ -101,6 +266,17 @@ def test_caption_and_score_commands(tmp_path, capsys):
     assert [x["image"] for x in lines] == [img, img]
     assert lines[0]["tokens"][0] == tok.DEC_ID and 2 <= len(lines[0]["tokens"]) <= 20
     assert lines[0]["caption"] == tok.BlipTokenizer().decode(lines[0]["tokens"])
+
+    # Nucleus sampling: seeded, and the prompt is stripped from the caption.
+    sampled = []
+    for _ in range(2):
+        assert caption.main(["--checkpoint", ckpt, "--json", "--top-p", "0.9", "--seed", "3",
+                             "--repetition-penalty", "1.1", img]) == 0
+        sampled.append(json.loads(capsys.readouterr().out))
+    assert sampled[0] == sampled[1]
+    prefix = decoding.prompt_ids(tok.BlipTokenizer(), "a picture of ").tolist()
+    assert sampled[0]["tokens"][: len(prefix)] == prefix
+    assert sampled[0]["caption"] == tok.BlipTokenizer().decode(sampled[0]["tokens"][len(prefix):])
 
     assert score.main(["--checkpoint", ckpt, "--image", img, "--text", "a red circle",
                        "--json"]) == 0
