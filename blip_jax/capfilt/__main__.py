@@ -1,0 +1,32 @@
+"""Run CapFilt from an ml_collections config.
+
+    python -m blip_jax.capfilt --config=configs/capfilt.py --workdir=DIR [--config.KEY=VALUE ...]
+
+Restarting with the same workdir resumes: finished result shards are kept, the rest computed.
+Multi-process: see blip_jax/distributed.py and launch/ (each process scans its own shard).
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "CapFilt config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Result shards, summary.json and the release-format JSONs.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+flags.DEFINE_integer("process_id", None, "This process's id (multi-process runs).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax and grain log every read at INFO
+    from blip_jax import distributed
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    from blip_jax.capfilt import run
+    run(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
