@@ -94,7 +94,7 @@ def _cli(workdir, config):
 def killed(env):
     """A CLI run on 1 device (per-device batch 1), SIGKILLed by a watcher thread once half of its
     result shards are on disk; it runs while the reference run computes.
-    Returns (workdir, config, watcher result: shards done at the kill, stderr)."""
+    Returns (workdir, config, {"done": shards on disk at the kill, "log": its output}, watcher)."""
     workdir = str(env[0] / "killed")
     config = _config(env, output_name="resumed", per_device_batch=1)
     log = open(env[0] / "killed.log", "w")  # a file, not a pipe: a full pipe would stall the job

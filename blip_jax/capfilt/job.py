@@ -264,7 +264,8 @@ def process_shards(config: ml_collections.ConfigDict, workdir: str, plan: output
                    sources: list[tuple[str, str]], data_dir: str,
                    devices: Sequence[jax.Device], image_size: int, steps_factory) -> dict[str, float]:
     """Computes and writes every result shard of this process not already in `workdir`.
-    Returns {"images": records computed now, "seconds": their time after the first batch}."""
+    Returns {"images": records computed now, "timed_images" / "seconds": those after the first
+    batch (which includes compilation) and their time}."""
     from blip_jax.data.pipeline import scan_records  # grain is slow to import
 
     plan.remove_partial(workdir)
@@ -272,7 +273,7 @@ def process_shards(config: ml_collections.ConfigDict, workdir: str, plan: output
     missing = [k for k in range(plan.num_shards) if k not in done]
     written = sum(plan.size(k) for k in done)  # positions in finished shards
     progress = _Progress(plan.length, written, enabled=jax.process_index() == 0)
-    stats = {"images": 0, "seconds": 0.0}
+    stats = {"images": 0, "timed_images": 0, "seconds": 0.0}
     if not missing:
         return stats
     steps = steps_factory()
@@ -299,7 +300,8 @@ def process_shards(config: ml_collections.ConfigDict, workdir: str, plan: output
                     raise RuntimeError(f"scan_records gave record {rec['index']} at position {pos} "
                                        f"of process {plan.process}; expected {expected}")
                 buffers[shard].append(rec)
-                stats["images"] += 1 if t_first is not None else 0
+                stats["images"] += 1
+                stats["timed_images"] += t_first is not None
             if pos == plan.bounds(shard)[1] - 1:  # the shard's last position: it is complete
                 plan.write(workdir, shard, buffers.pop(shard))
                 written += plan.size(shard)
@@ -339,7 +341,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     """Runs (or resumes) CapFilt; returns the summary (also in workdir/summary.json).
 
     devices: the local devices to pmap over (default: all of this process's devices)."""
-    from blip_jax.capfilt.dataset import write_dataset
+    from blip_jax.capfilt.dataset import BlipCapfilt, write_dataset
     from blip_jax.data.sources import RecordSource
     from blip_jax.data.synthetic import NOISE_KINDS
 
@@ -364,21 +366,26 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
 
     records = output.load_results(workdir, total, plan.count, config.records_per_shard)
     summary = output.summarize(records, NOISE_KINDS)
+    rate = stats["timed_images"] / stats["seconds"] if stats["seconds"] else None
+    summary_path = os.path.join(workdir, output.SUMMARY_FILE)
+    if rate is None and os.path.exists(summary_path):  # a rerun of a finished job keeps its figure
+        rate = output.read_json(summary_path).get("images_per_sec")
     summary.update(devices=len(devices), processes=plan.count,
-                   images_computed_this_run=stats["images"],
-                   images_per_sec=stats["images"] / stats["seconds"] if stats["seconds"] else None)
+                   images_computed_this_run=stats["images"], images_per_sec=rate)
     out_dir = os.path.abspath(os.path.expanduser(config.output_data_dir or config.data_dir))
-    summary["dataset"], summary["dataset_dir"] = None, out_dir
+    pairs = output.kept_pairs(records)
+    summary["dataset"] = f"{BlipCapfilt.name}/{config.output_name}" if pairs else None
+    summary["dataset_dir"] = out_dir
     if jax.process_index() == 0:
-        pairs = output.kept_pairs(records)
         if pairs:
-            summary["dataset"] = write_dataset(
-                data_dir=out_dir, name=config.output_name, pairs=pairs, source_data_dir=data_dir,
-                sources=sources, origin=f"capfilt {workdir}")
+            written = write_dataset(data_dir=out_dir, name=config.output_name, pairs=pairs,
+                                    source_data_dir=data_dir, sources=sources,
+                                    origin=f"capfilt {workdir}")
+            assert written == summary["dataset"], (written, summary["dataset"])
         else:
             print("capfilt: the filter kept no text: no dataset written", file=sys.stderr)
         summary["json"] = list(output.write_release_json(workdir, records))
-        output.write_json_atomic(os.path.join(workdir, output.SUMMARY_FILE), summary)
+        output.write_json_atomic(summary_path, summary)
         print(output.format_summary(summary), flush=True)
     if plan.count > 1:
         from jax.experimental import multihost_utils

@@ -206,8 +206,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
              f"({pct(summary['synthetic_kept_pct'])})"]
     rate = summary.get("images_per_sec")
     if rate:
-        lines.append(f"  throughput: {rate:.2f} images/s on {summary['devices']} device(s) "
-                     f"x {summary['processes']} process(es) ({rate / summary['devices']:.2f} per device)")
+        lines.append(f"  throughput: {rate:.2f} images/s in process 0 on {summary['devices']} local "
+                     f"device(s) ({rate / summary['devices']:.2f} per device), "
+                     f"{summary['processes']} process(es)")
     f = summary.get("filter")
     if f:
         ratio = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
