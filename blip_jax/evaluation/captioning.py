@@ -53,11 +53,18 @@ def _check_ids(predictions: Mapping, references: Mapping) -> None:
         raise ValueError(f"{len(empty)} image ids have no reference caption (e.g. {empty[:3]})")
 
 
-def _tokenize(captions: Mapping[Hashable, Sequence[str]], use_java: bool) -> dict:
-    if use_java:
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-        return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
-    return {k: [python_tokenize(c) for c in v] for k, v in captions.items()}
+def _tokenize(references: Mapping[Hashable, Sequence[str]], predictions: Mapping[Hashable, str],
+              use_java: bool) -> tuple[dict, dict]:
+    """(references, predictions) tokenised, keyed by image id, values lists of strings."""
+    if not use_java:
+        return ({k: [python_tokenize(c) for c in v] for k, v in references.items()},
+                {k: [python_tokenize(predictions[k])] for k in references})
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    # One java run for both sides: keys tagged by side (the tokenizer only groups by key).
+    both = {("ref", k): [{"caption": c} for c in v] for k, v in references.items()}
+    both.update({("res", k): [{"caption": predictions[k]}] for k in references})
+    out = PTBTokenizer().tokenize(both)
+    return {k: out[("ref", k)] for k in references}, {k: out[("res", k)] for k in references}
 
 
 def _meteor(gts: dict, res: dict) -> float:
@@ -104,8 +111,7 @@ def caption_metrics(predictions: Mapping[Hashable, str],
     if not has_java and tokenizer == "auto":
         log.warning("java not found: tokenising captions with python_tokenize and skipping METEOR "
                     "(install a JRE for the standard COCO evaluation)")
-    gts = _tokenize(references, use_java)
-    res = _tokenize({k: [predictions[k]] for k in references}, use_java)
+    gts, res = _tokenize(references, predictions, use_java)
 
     out: dict[str, float | str] = {"tokenizer": "ptb" if use_java else "python"}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)

@@ -9,6 +9,7 @@ image's reference texts.
 from __future__ import annotations
 
 import functools
+import time
 from typing import NamedTuple, Optional, Sequence
 
 import jax
@@ -162,7 +163,8 @@ def _padded(a: np.ndarray, rows: int) -> np.ndarray:
     """a with its first dimension padded to `rows` by repeating its last row (or zeros if empty)."""
     if len(a) >= rows:
         return a[:rows]
-    fill = np.repeat(a[-1:], rows - len(a), 0) if len(a) else np.zeros((rows - len(a), *a.shape[1:]), a.dtype)
+    n = rows - len(a)
+    fill = np.repeat(a[-1:], n, 0) if len(a) else np.zeros((n, *a.shape[1:]), a.dtype)
     return np.concatenate([a, fill])
 
 
@@ -289,7 +291,8 @@ def _itm_match(model: Blip, params, image_tokens: jax.Array, image_index: np.nda
         pad = local - len(img)
         img = np.concatenate([img, np.zeros(pad, np.int32)])
         txt = np.concatenate([txt, np.zeros(pad, np.int32)])
-        batch = parallel.global_batch({"img": img, "ids": enc_ids[txt], "mask": text_mask[txt]}, mesh)
+        batch = parallel.global_batch({"img": img, "ids": enc_ids[txt], "mask": text_mask[txt]},
+                                      mesh)
         results.append(itm(params, image_tokens, batch["img"], batch["ids"], batch["mask"]))
     out = [np.asarray(multihost_utils.global_array_to_host_local_array(r, mesh, spec))
            for r in results]
@@ -305,9 +308,23 @@ def _gather_rows(local: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
     return np.concatenate([every[p, :n] for p, n in enumerate(sizes)])
 
 
+class _Clock:
+    """Records the seconds since the previous mark under each stage name (if asked to)."""
+
+    def __init__(self, out: Optional[dict[str, float]]):
+        self.out, self.last = out, time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        if self.out is not None:
+            self.out[stage] = now - self.last
+        self.last = now
+
+
 def retrieval_scores(model: Blip, params, images: np.ndarray, text_ids: np.ndarray,
                      text_mask: np.ndarray, *, k_test: int, batch_size: int = 64,
-                     mesh: Optional[Mesh] = None) -> tuple[np.ndarray, np.ndarray]:
+                     mesh: Optional[Mesh] = None,
+                     timings: Optional[dict[str, float]] = None) -> tuple[np.ndarray, np.ndarray]:
     """BLIP's two-stage retrieval scores.
 
     images: float32 normalised [N_img, H, W, 3] (uint8 pixels are accepted and normalised chunk by
@@ -319,14 +336,17 @@ def retrieval_scores(model: Blip, params, images: np.ndarray, text_ids: np.ndarr
     Returns (scores_i2t [N_img, N_txt], scores_t2i [N_txt, N_img]) float32 NumPy, identical on every
     process: ITM match logit + cosine similarity for each query's top-k candidates, -100 elsewhere.
     Device memory: every device holds all image tokens (N_img x tokens x vision width).
+    timings: if given, receives wall seconds of each stage: itc_features, similarity (top-k),
+    itm_rerank, gather.
     """
+    clock = _Clock(timings)
     if k_test < 1:
         raise ValueError(f"k_test must be >= 1, got {k_test}")
     mesh = mesh if mesh is not None else parallel.make_mesh({"data": -1})
     local_chunk = batch_size * parallel.batch_shards(mesh)
     if local_chunk % jax.process_count():
-        raise ValueError(f"batch_size {batch_size} x {parallel.batch_shards(mesh)} data shards is not "
-                         f"divisible by the {jax.process_count()} processes; change batch_size")
+        raise ValueError(f"batch_size {batch_size} x {parallel.batch_shards(mesh)} data shards is "
+                         f"not divisible by the {jax.process_count()} processes; change batch_size")
     images = np.asarray(images)
     text_ids, text_mask = np.asarray(text_ids, np.int32), np.asarray(text_mask, np.int32)
     n_img, n_txt = len(images), len(text_ids)
@@ -335,6 +355,7 @@ def retrieval_scores(model: Blip, params, images: np.ndarray, text_ids: np.ndarr
                          f"{len(text_mask)} text_mask rows")
     params = _replicate_params(params, mesh)
     feats = _features(model, params, images, text_ids, text_mask, batch_size, mesh)
+    clock("itc_features")
     k_txt, k_img = min(k_test, n_txt), min(k_test, n_img)
 
     # This process's queries: a slice of the images (i2t) and of the texts (t2i).
@@ -344,6 +365,7 @@ def retrieval_scores(model: Blip, params, images: np.ndarray, text_ids: np.ndarr
     (i0, i1), (t0, t1) = img_slices[pid], txt_slices[pid]
     sim_i2t, idx_i2t = _shortlist(feats.image_embeds[i0:i1], feats.text_embeds, k_txt)
     sim_t2i, idx_t2i = _shortlist(feats.text_embeds[t0:t1], feats.image_embeds, k_img)
+    clock("similarity")
 
     enc_ids = text_ids.copy()
     enc_ids[:, 0] = tok.ENC_ID  # the image-grounded encoder starts with [ENC]
@@ -357,6 +379,7 @@ def retrieval_scores(model: Blip, params, images: np.ndarray, text_ids: np.ndarr
     n_i2t = (i1 - i0) * k_txt
     match_i2t = match[:n_i2t].reshape(i1 - i0, k_txt)
     match_t2i = match[n_i2t:].reshape(t1 - t0, k_img)
+    clock("itm_rerank")
 
     # Gather the sparse top-k results, then every process builds the dense matrices.
     img_sizes = [b - a for a, b in img_slices]
@@ -365,6 +388,7 @@ def retrieval_scores(model: Blip, params, images: np.ndarray, text_ids: np.ndarr
                                 _gather_rows(sim_i2t, img_sizes), _gather_rows(match_i2t, img_sizes))
     scores_t2i = combine_scores(n_img, _gather_rows(idx_t2i, txt_sizes),
                                 _gather_rows(sim_t2i, txt_sizes), _gather_rows(match_t2i, txt_sizes))
+    clock("gather")
     return scores_i2t, scores_t2i
 
 

@@ -1,0 +1,99 @@
+"""Seconds of BLIP's retrieval evaluation (ITC shortlist + ITM re-rank of the top k_test).
+
+    python benchmarks/retrieval_eval.py [--config tiny] [--images 1000] [--captions 5] [--k-test 128]
+
+Random weights and random images/captions of the given model preset (timing only), on all local
+devices (one `data` mesh axis). A warm-up with k_test=1 on the same shapes compiles the programs
+first, so the timed run measures execution: ITC features (image and text encoders), similarity
+(cosine + top-k of every query), ITM re-rank ((N_img + N_txt) x k_test pairs), gather.
+Prints a table and writes benchmarks/results/retrieval_eval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import jax
+import numpy as np
+
+from blip_jax import parallel
+from blip_jax.evaluation import retrieval
+from blip_jax.models import Blip, init_params, preset
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="tiny", help="model preset")
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--captions", type=int, default=5, help="captions per image")
+    p.add_argument("--k-test", type=int, default=128)
+    p.add_argument("--text-len", type=int, default=35)
+    p.add_argument("--batch-size", type=int, default=256, help="per data shard per step")
+    p.add_argument("--dtype", default="float32", help="model computation dtype")
+    p.add_argument("--image-size", type=int, default=0, help="override the preset's (0: keep)")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                 "retrieval_eval.json"))
+    args = p.parse_args()
+
+    config = preset(args.config, text_decoder=False, dtype=args.dtype)
+    if args.image_size:
+        config = config.replace(vision=dataclasses.replace(config.vision, image_size=args.image_size))
+    model = Blip(config)
+    params = init_params(config, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    size = config.vision.image_size
+    images = rng.integers(0, 256, (args.images, size, size, 3), dtype=np.uint8)
+    n_txt = args.images * args.captions
+    lengths = rng.integers(8, args.text_len + 1, n_txt)
+    mask = (np.arange(args.text_len)[None, :] < lengths[:, None]).astype(np.int32)
+    ids = rng.integers(1000, 30000, (n_txt, args.text_len)).astype(np.int32) * mask
+    ids[:, 0] = 101
+    mesh = parallel.make_mesh({"data": -1})
+
+    warm: dict[str, float] = {}
+    t = time.perf_counter()
+    retrieval.retrieval_scores(model, params, images, ids, mask, k_test=1,
+                               batch_size=args.batch_size, mesh=mesh, timings=warm)
+    warm_total = time.perf_counter() - t
+    stages: dict[str, float] = {}
+    t = time.perf_counter()
+    s_i2t, s_t2i = retrieval.retrieval_scores(model, params, images, ids, mask, k_test=args.k_test,
+                                              batch_size=args.batch_size, mesh=mesh, timings=stages)
+    total = time.perf_counter() - t
+    pairs = args.images * min(args.k_test, n_txt) + n_txt * min(args.k_test, args.images)
+    assert np.sum(s_i2t > -100) + np.sum(s_t2i > -100) == pairs  # every re-ranked pair is finite
+
+    print(f"{args.config} ({args.dtype}, {size} px): {args.images} images x {n_txt} texts, "
+          f"k_test={args.k_test}, {pairs} ITM pairs, {jax.device_count()} x {jax.devices()[0].platform} "
+          f"({os.cpu_count()} cores), batch {args.batch_size} per device")
+    print(f"{'stage':14} {'seconds':>9}")
+    for name, sec in stages.items():
+        print(f"{name:14} {sec:>9.2f}")
+    print(f"{'total':14} {total:>9.2f}   ({pairs / stages['itm_rerank']:.0f} ITM pairs/s; "
+          f"warm-up incl. compilation {warm_total:.1f} s)")
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out = {"config": args.config, "dtype": args.dtype, "image_size": size,
+           "num_images": args.images, "num_texts": n_txt,
+           "k_test": args.k_test, "text_len": args.text_len, "batch_size_per_device": args.batch_size,
+           "itm_pairs": pairs, "seconds": stages, "total_seconds": total,
+           "itm_pairs_per_sec": pairs / stages["itm_rerank"],
+           "warmup_seconds_k1_with_compilation": warm_total, "warmup_stages": warm,
+           "peak_rss_bytes": peak_rss, "platform": platform.platform(),
+           "devices": f"{jax.device_count()} x {jax.devices()[0]}",
+           "command": "python benchmarks/retrieval_eval.py " + " ".join(sys.argv[1:])}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
