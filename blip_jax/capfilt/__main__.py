@@ -6,6 +6,8 @@ Restarting with the same workdir resumes: finished result shards are kept, the r
 Multi-process: see blip_jax/distributed.py and launch/ (each process scans its own shard).
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -22,10 +24,17 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every read at INFO
+    import tensorflow_datasets as tfds
+    tfds.disable_progress_bar()  # the dataset write's bars would bury the summary
     from blip_jax import distributed
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     from blip_jax.capfilt import run
-    run(FLAGS.config, FLAGS.workdir)
+    from blip_jax.data.report import DataError
+    try:
+        run(FLAGS.config, FLAGS.workdir)
+    except (ValueError, FileNotFoundError, DataError) as e:  # settings or data: say what, no trace
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

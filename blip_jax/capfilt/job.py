@@ -70,6 +70,10 @@ def _check_roles(cap: BlipConfig, fil: BlipConfig, config: ml_collections.Config
     if config.max_tokens > fil.text.max_position_embeddings:
         raise CapFiltConfigError(f"max_tokens={config.max_tokens} exceeds the filter's "
                                  f"{fil.text.max_position_embeddings} position embeddings")
+    prefix = decoding.prompt_ids(tok.BlipTokenizer(), config.prompt)
+    if len(prefix) >= config.max_length:
+        raise CapFiltConfigError(f"prompt {config.prompt!r} is {len(prefix)} tokens with [DEC]; "
+                                 f"max_length={config.max_length} leaves no room to caption")
     if config.max_length > cap.text.max_position_embeddings:
         raise CapFiltConfigError(f"max_length={config.max_length} exceeds the captioner's "
                                  f"{cap.text.max_position_embeddings} position embeddings")
@@ -148,9 +152,6 @@ class Steps:
         self.devices = tuple(devices)
         self.tokenizer = tok.BlipTokenizer()
         prefix = decoding.prompt_ids(self.tokenizer, config.prompt)
-        if len(prefix) >= config.max_length:
-            raise CapFiltConfigError(f"prompt {config.prompt!r} is {len(prefix)} tokens with "
-                                     f"[DEC]; max_length={config.max_length} leaves no room to caption")
         self.opts = SampleOptions(tuple(int(t) for t in prefix), float(config.top_p),
                                   float(config.temperature), int(config.max_length),
                                   int(config.min_length), float(config.repetition_penalty),
@@ -352,11 +353,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     sources = resolve_sources(config)
     total = len(RecordSource(data_dir, sources))  # one shard: every record
     plan = output.ShardPlan(total, jax.process_index(), jax.process_count(), config.records_per_shard)
+    models = load_models(config)  # checked before the workdir records these settings
     fingerprint = {k: config[k] for k in RESULT_KEYS}
     fingerprint.update(process_count=plan.count, total_records=total)
     output.check_job(workdir, fingerprint)
-
-    models = load_models(config)
     stats = process_shards(config, workdir, plan, sources, data_dir, devices,
                            models.captioner.config.vision.image_size,
                            lambda: Steps(models, config, devices))
