@@ -91,15 +91,31 @@ def _ban_end_before(scores: jax.Array, length, min_length: int) -> jax.Array:
 def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
     """Nucleus filter: logits [..., V] with -inf outside the smallest set of most likely tokens
     whose probability mass reaches `top_p` (always at least the most likely token); tokens tied
-    with the least likely kept one are kept too. top_p >= 1 returns the logits unchanged."""
+    with the least likely kept one are kept too. top_p >= 1 returns the logits unchanged.
+
+    The cut-off probability is found by bisection rather than by sorting the vocabulary (a
+    [B, 30524] sort costs ~10 ms per row on a CPU and dominated sampling): the kept set is
+    {p >= t} for the largest t whose set still holds top_p of the mass. Bisecting over the
+    bit patterns of the float32 probabilities (monotone for non-negative floats) lands on t
+    exactly, one of the probabilities, in at most 31 masked sums over the vocabulary.
+    """
     if top_p >= 1.0:
         return logits
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    desc = -jnp.sort(-probs, axis=-1)
-    mass_before = jnp.cumsum(desc, axis=-1) - desc  # mass of the strictly more likely tokens
-    keep_count = jnp.maximum(jnp.sum(mass_before < top_p, axis=-1, keepdims=True), 1)
-    threshold = jnp.take_along_axis(desc, keep_count - 1, axis=-1)
-    return jnp.where(probs >= threshold, logits, -jnp.inf)
+    bits = jax.lax.bitcast_convert_type(probs, jnp.int32)
+    # Invariant: mass(p >= lo) >= top_p (lo = 0.0 holds everything); mass(p >= hi) < top_p.
+    lo = jnp.zeros(bits.shape[:-1] + (1,), jnp.int32)
+    hi = jnp.max(bits, axis=-1, keepdims=True) + 1
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        mass = jnp.sum(jnp.where(bits >= mid, probs, 0.0), axis=-1, keepdims=True)
+        enough = mass >= top_p
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, 31, halve, (lo, hi))
+    return jnp.where(bits >= lo, logits, -jnp.inf)
 
 
 def top_k_filter(logits: jax.Array, top_k: int) -> jax.Array:

@@ -207,8 +207,13 @@ def test_nucleus_sampling_is_seeded_and_works_under_pmap():
 def test_top_p_filter_keeps_minimal_nucleus():
     """The kept set is the smallest set of most likely tokens whose mass reaches top_p, and
     sampling never draws outside it (20000 draws, kept frequencies within 0.015)."""
-    logits = np.random.default_rng(0).normal(0, 2, (5, 40)).astype(np.float32)
-    for top_p in (0.05, 0.5, 0.9, 0.999):
+    rng = np.random.default_rng(0)
+    # Peaked small vocabularies and flat full-size ones (a nucleus of ~20k tokens: the
+    # bisection must land on the exact cut-off among many nearly equal probabilities).
+    cases = [(rng.normal(0, 2, (5, 40)), top_p) for top_p in (0.05, 0.5, 0.9, 0.999)]
+    cases += [(rng.normal(0, 1, (3, tok.VOCAB_SIZE)), 0.9), (rng.normal(0, 4, (3, tok.VOCAB_SIZE)), 0.5)]
+    for logits, top_p in cases:
+        logits = logits.astype(np.float32)
         kept = np.isfinite(np.asarray(decoding.top_p_filter(jnp.asarray(logits), top_p)))
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
