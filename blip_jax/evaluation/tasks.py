@@ -69,10 +69,11 @@ def evaluate(config: ml_collections.ConfigDict, model: Blip, params: Any,
 def evaluate_retrieval(config: ml_collections.ConfigDict, model: Blip, params: Any,
                        data: pipeline.EvalData, *, mesh=None) -> dict:
     images = normalize(data.images)
-    if not config.eval.itm_rerank:
-        return retrieval.zero_shot_itc_recall(model, params, images, data.text_ids,
-                                              data.text_mask, data.text_to_image,
-                                              config.eval.batch_size)
+    if not config.eval.itm_rerank:  # ITC cosine alone; same metrics and key names
+        img, txt = retrieval.itc_features(model, params, images, data.text_ids, data.text_mask,
+                                          config.eval.batch_size)
+        sims = img @ txt.T
+        return retrieval.retrieval_metrics(sims, sims.T, data.text_to_image, data.image_to_texts)
     return retrieval.evaluate_retrieval(model, params, images, data.text_ids, data.text_mask,
                                         data.text_to_image, data.image_to_texts,
                                         k_test=config.eval.k_test,

@@ -8,6 +8,8 @@ built-in synthetic data, end to end on a CPU:
   (d) pre-train the same tiny BLIP from scratch on the bootstrapped data + train_clean;
   (e) evaluate both pre-trained models on the test split: zero-shot retrieval (ITC + ITM
       re-rank) and CIDEr after the same short caption fine-tune.
+  control: pre-train once more on a random subset of train_web as large as the bootstrapped
+      set (+ train_clean), to separate "which texts were removed" from "how many".
 
     python -m blip_jax.experiments.bootstrap --workdir=bootstrap_run
 
@@ -35,15 +37,18 @@ class Scale:
 
     pretrain_steps: int = 600
     caption_steps: int = 300
-    filter_steps: int = 300
+    filter_steps: int = 600
     num_images: int = tiny.NUM_IMAGES
     eval_images: int = 0  # test images evaluated (0 = all)
     k_test: int = 32
 
 
 FULL = Scale()
-REDUCED = Scale(pretrain_steps=300, caption_steps=150, filter_steps=150, num_images=1500,
+REDUCED = Scale(pretrain_steps=250, caption_steps=120, filter_steps=250, num_images=1500,
                 eval_images=150, k_test=16)
+
+
+CONTROL_DATASET = "blip_capfilt/random_subset"
 
 
 @dataclasses.dataclass
@@ -63,16 +68,21 @@ def _configure(c: ml_collections.ConfigDict, data_dir: str, scale: Scale,
     return c
 
 
-def stage_configs(workdir: str, data_dir: str, scale: Scale, seed: int = 0) -> dict:
-    """The config of every training / evaluation stage (tests and users can inspect them)."""
+def stage_configs(workdir: str, data_dir: str, scale: Scale, seed: int = 0,
+                  bootstrapped: str = "blip_capfilt/bootstrapped") -> dict:
+    """The config of every training / evaluation stage (tests and users can inspect them).
+    `bootstrapped`: the TFDS name of CapFilt's output dataset."""
     path = lambda *p: os.path.join(workdir, *p)  # noqa: E731
     cfg = {}
-    for name, source in (("a_pretrain_noisy", None), ("d_pretrain_bootstrapped", "bootstrapped")):
+    for name in ("a_pretrain_noisy", "d_pretrain_bootstrapped", "control_pretrain_random"):
         c = _configure(tiny.pretrain(scale.pretrain_steps), data_dir, scale, seed)
         c.eval.every_steps = 0  # evaluated once, fully, in stage (e)
-        if source:
-            c.data.train_sources = [(f"blip_capfilt/{source}", "train"), ("synthetic", "train_clean")]
         cfg[name] = c
+    # Stage (d) reads CapFilt's output dataset (its name is in CapFilt's summary).
+    cfg["d_pretrain_bootstrapped"].data.train_sources = [(bootstrapped, "train"),
+                                                         ("synthetic", "train_clean")]
+    cfg["control_pretrain_random"].data.train_sources = [(CONTROL_DATASET, "train"),
+                                                         ("synthetic", "train_clean")]
     for name, init in (("b_captioner", "a_pretrain_noisy"),
                        ("e_captioner_bootstrapped", "d_pretrain_bootstrapped")):
         c = _configure(tiny.caption(scale.caption_steps), data_dir, scale, seed)
@@ -107,6 +117,27 @@ def capfilt_config(workdir: str, data_dir: str, scale: Scale, seed: int = 0):
     return c
 
 
+def write_control_dataset(workdir: str, data_dir: str, scale: Scale, seed: int = 0) -> str:
+    """A random subset of the web records (their web texts, unfiltered) as large as the
+    bootstrapped set (web + synthetic pairs), in CapFilt's output layout."""
+    import numpy as np
+
+    from blip_jax.capfilt.dataset import write_dataset
+    from blip_jax.capfilt.job import resolve_sources
+    from blip_jax.data.sources import RecordSource
+
+    with open(os.path.join(workdir, "c_capfilt", "summary.json")) as f:
+        size = json.load(f)["pairs_kept"]
+    sources = resolve_sources(capfilt_config(workdir, data_dir, scale, seed))
+    records = RecordSource(data_dir, sources)
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(records), size=min(size, len(records)), replace=False))
+    pairs = [(int(i), records[int(i)]["captions"][0], "web", 1.0) for i in chosen]
+    return write_dataset(data_dir=data_dir, name=CONTROL_DATASET.split("/")[1], pairs=pairs,
+                         source_data_dir=data_dir, sources=sources,
+                         origin=f"bootstrap control {workdir}")
+
+
 def _evaluate(config, checkpoint: str, out: str) -> dict:
     from blip_jax import evaluate
 
@@ -133,6 +164,16 @@ def run(workdir: str, data_dir: str = "", scale: Scale = FULL, seed: int = 0,
     def train_stage(name):
         return lambda: train(cfg[name], path(name))
 
+    def pretrain_control():
+        write_control_dataset(workdir, data_dir, scale, seed)
+        train(cfg["control_pretrain_random"], path("control_pretrain_random"))
+
+    def pretrain_bootstrapped():
+        with open(path("c_capfilt", "summary.json")) as f:
+            dataset = json.load(f)["dataset"]
+        c = stage_configs(workdir, data_dir, scale, seed, bootstrapped=dataset)
+        train(c["d_pretrain_bootstrapped"], path("d_pretrain_bootstrapped"))
+
     def eval_stage():
         zs = cfg["zero_shot"]
         r = results
@@ -140,6 +181,8 @@ def run(workdir: str, data_dir: str = "", scale: Scale = FULL, seed: int = 0,
                                          path("eval", "zero_shot_noisy.json"))
         r["zero_shot_bootstrapped"] = _evaluate(zs, path("d_pretrain_bootstrapped", "model"),
                                                 path("eval", "zero_shot_bootstrapped.json"))
+        r["zero_shot_control"] = _evaluate(zs, path("control_pretrain_random", "model"),
+                                           path("eval", "zero_shot_control.json"))
         r["filter_finetuned"] = _evaluate(cfg["b_filter"], path("b_filter", "model"),
                                           path("eval", "filter_finetuned.json"))
         r["caption_noisy"] = _evaluate(cfg["b_captioner"], path("b_captioner", "model"),
@@ -160,9 +203,11 @@ def run(workdir: str, data_dir: str = "", scale: Scale = FULL, seed: int = 0,
               lambda: os.path.exists(path("c_capfilt", "summary.json")),
               lambda: capfilt.run(capfilt_config(workdir, data_dir, scale, seed), path("c_capfilt"))),
         Stage("d_pretrain_bootstrapped", "(d) pre-train on bootstrapped web + clean",
-              model_done("d_pretrain_bootstrapped"), train_stage("d_pretrain_bootstrapped")),
+              model_done("d_pretrain_bootstrapped"), pretrain_bootstrapped),
         Stage("e_captioner_bootstrapped", "(e) caption fine-tune of the bootstrapped model",
               model_done("e_captioner_bootstrapped"), train_stage("e_captioner_bootstrapped")),
+        Stage("control_pretrain_random", "(control) pre-train on a random web subset of that size",
+              model_done("control_pretrain_random"), pretrain_control),
         Stage("e_evaluate", "(e) evaluate both models on test", lambda: False, eval_stage),
     ]
     t_start = time.time()
@@ -182,7 +227,8 @@ def run(workdir: str, data_dir: str = "", scale: Scale = FULL, seed: int = 0,
         results["capfilt"] = json.load(f)
     results["stage_seconds"] = timings
     results["curves"] = {name: _curves(path(name, "metrics.jsonl"))
-                         for name in ("a_pretrain_noisy", "d_pretrain_bootstrapped")}
+                         for name in ("a_pretrain_noisy", "d_pretrain_bootstrapped",
+                                      "control_pretrain_random")}
     table = results_table(results)
     results["table"] = table
     with open(path("results.json"), "w") as f:
@@ -230,17 +276,19 @@ def _minutes(seconds: float) -> str:
 
 
 def results_table(r: dict) -> str:
-    zn, zb = r["zero_shot_noisy"], r["zero_shot_bootstrapped"]
+    zn, zb, zc = r["zero_shot_noisy"], r["zero_shot_bootstrapped"], r["zero_shot_control"]
     cn, cb = r["caption_noisy"], r["caption_bootstrapped"]
     cf = r["capfilt"]
     rows = [("zero-shot TR@1", "txt_r1"), ("zero-shot TR@5", "txt_r5"),
             ("zero-shot IR@1", "img_r1"), ("zero-shot IR@5", "img_r5"),
             ("zero-shot R mean", "r_mean")]
-    lines = ["| test split | noisy baseline | bootstrapped |", "| --- | ---: | ---: |"]
-    lines += [f"| {title} | {zn[k]:.1f} | {zb[k]:.1f} |" for title, k in rows]
-    lines += [f"| caption CIDEr (fine-tuned) | {100 * cn['CIDEr']:.1f} | {100 * cb['CIDEr']:.1f} |",
+    lines = ["| test split | noisy baseline | bootstrapped | control: random subset of that size |",
+             "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {title} | {zn[k]:.1f} | {zb[k]:.1f} | {zc[k]:.1f} |" for title, k in rows]
+    lines += [f"| caption CIDEr (fine-tuned) | {100 * cn['CIDEr']:.1f} | {100 * cb['CIDEr']:.1f} "
+              f"| |",
               f"| caption BLEU-4 (fine-tuned) | {100 * cn['Bleu_4']:.1f} | "
-              f"{100 * cb['Bleu_4']:.1f} |"]
+              f"{100 * cb['Bleu_4']:.1f} | |"]
     lines += ["", "| CapFilt on train_web | |", "| --- | ---: |"]
     filt = cf.get("filter") or {}
     for title, value in (("web texts kept %", cf.get("web_kept_pct")),
@@ -269,7 +317,8 @@ def plot(r: dict, out_path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
-    labels = {"a_pretrain_noisy": "noisy baseline", "d_pretrain_bootstrapped": "bootstrapped"}
+    labels = {"a_pretrain_noisy": "noisy baseline", "d_pretrain_bootstrapped": "bootstrapped",
+              "control_pretrain_random": "control (random subset)"}
     for ax, loss in zip(axes[:2], ("loss_itc", "loss_lm")):
         for name, label in labels.items():
             c = r["curves"][name]
@@ -279,12 +328,13 @@ def plot(r: dict, out_path: str) -> None:
         ax.set_xlabel("step")
         ax.legend()
     keys = [("TR@1", "txt_r1"), ("IR@1", "img_r1"), ("TR@5", "txt_r5"), ("IR@5", "img_r5")]
-    width = 0.38
+    width = 0.27
     for j, (name, label) in enumerate((("zero_shot_noisy", "noisy"),
-                                       ("zero_shot_bootstrapped", "bootstrapped"))):
+                                       ("zero_shot_bootstrapped", "bootstrapped"),
+                                       ("zero_shot_control", "control"))):
         axes[2].bar([i + j * width for i in range(len(keys))], [r[name][k] for _, k in keys],
                     width, label=label)
-    axes[2].set_xticks([i + width / 2 for i in range(len(keys))], [t for t, _ in keys])
+    axes[2].set_xticks([i + width for i in range(len(keys))], [t for t, _ in keys])
     axes[2].set_title("zero-shot retrieval on test (%)")
     axes[2].legend()
     bars = {"caption-agnostic": r["caption_agnostic_baseline"]["CIDEr"],
