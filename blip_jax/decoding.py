@@ -202,12 +202,16 @@ def nucleus_sample(model: Blip, params, context: jax.Array, prefix: jax.Array, r
 
 def _reorder_cache(cache, rows: jax.Array):
     """Gathers the self-attention cache rows [B*K, ...] of the surviving beams. The image
-    cross-attention keys/values are equal across the beams of an image (beams never move
-    between images), so they are left in place."""
+    cross-attention keys/values ([B, ...], shared by an image's beams; beams never move
+    between images) stay as they are."""
     def pick(path, leaf):
         name = getattr(path[-1], "key", "")
         return jnp.take(leaf, rows, axis=0) if name in ("cached_key", "cached_value") else leaf
     return jax.tree_util.tree_map_with_path(pick, cache)
+
+
+def _is_cross(path) -> bool:
+    return getattr(path[-1], "key", "") in ("cross_key", "cross_value")
 
 
 def _gather(x: jax.Array, idx: jax.Array) -> jax.Array:
@@ -232,8 +236,10 @@ def beam_search(model: Blip, params, context: jax.Array, prefix: jax.Array, *, n
     k, plen = num_beams, prefix.shape[0]
     tokens, logits, cache = _prompt_pass(model, params, context, prefix, max_length)
     batch, vocab = tokens.shape[0], logits.shape[-1]
-    # One copy of the prompt state per beam: the image K/V are computed once, then repeated.
-    cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, k, axis=0) if x.ndim else x, cache)
+    # One copy of the prompt's self-attention state per beam; the image keys/values stay one
+    # per image, shared by its beams (the text model groups the beams' queries over them).
+    cache = jax.tree_util.tree_map_with_path(
+        lambda path, x: x if (x.ndim == 0 or _is_cross(path)) else jnp.repeat(x, k, axis=0), cache)
     logits = jnp.repeat(logits, k, axis=0)
     running = jnp.repeat(tokens[:, None], k, axis=1)  # [B, K, L]
     # Only beam 0 is live at first, so the first step does not pick the same token K times.

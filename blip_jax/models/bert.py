@@ -74,7 +74,10 @@ class TextAttention(nn.Module):
                 k, v, mask = self._extend_self_cache(k, v)
 
         dropout = nn.Dropout(c.attention_dropout_rate)
-        out = layers.dot_product_attention(q, k, v, mask, dropout, deterministic)
+        if k.shape[0] == q.shape[0]:
+            out = layers.dot_product_attention(q, k, v, mask, dropout, deterministic)
+        else:  # beam search: the beams of an image share its cached image keys/values
+            out = _grouped_attention(q, k, v, mask, dropout, deterministic)
         out = layers.dense(width, ("heads", "embed"), "out", self.dtype, c.init_std)(out)
         out = nn.Dropout(c.dropout_rate)(out, deterministic=deterministic)
         return layers.layer_norm(c.layer_norm_eps, "norm", self.dtype)(out + x)
@@ -112,6 +115,25 @@ class TextAttention(nn.Module):
         q_pos = start + jnp.arange(length)
         mask = jnp.arange(max_len)[None, :] <= q_pos[:, None]
         return ck.value, cv.value, mask[None, None]
+
+
+def _grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array],
+                       dropout: nn.Module, deterministic: bool) -> jax.Array:
+    """Attention of q [B*G, Lq, H, D] to k/v [B, N, H, D]: each key/value row serves G
+    consecutive query rows (the beams of one image). Folding the G rows into the query length
+    reads each image's keys/values once per step instead of G times, and turns per-row
+    matrix-vector products into small matrix products. Returns [B*G, Lq, H*D]."""
+    b, lq = k.shape[0], q.shape[1]
+    g = q.shape[0] // b
+    if q.shape[0] != b * g:
+        raise ValueError(f"{q.shape[0]} query rows do not group over {b} key/value rows")
+    if mask is not None and mask.shape[0] == q.shape[0]:
+        mask = mask[::g]  # the rows of a group are copies of one example: same mask
+    if mask is not None and mask.shape[-2] != 1:
+        raise ValueError("grouped attention needs a mask that does not depend on the query")
+    out = layers.dot_product_attention(q.reshape(b, g * lq, *q.shape[2:]), k, v, mask, dropout,
+                                       deterministic)
+    return out.reshape(b * g, lq, -1)
 
 
 class TextLayer(nn.Module):
