@@ -8,6 +8,23 @@ from typing import Optional
 import jax
 
 
+def define_flags() -> None:
+    """The multi-process absl flags every command-line entry point shares."""
+    from absl import flags
+
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+    flags.DEFINE_integer("process_id", None, "This process's id (multi-process runs).")
+
+
+def initialize_from_flags() -> None:
+    """`initialize` with the values of the flags `define_flags` declared."""
+    from absl import flags
+
+    f = flags.FLAGS
+    initialize(f.coordinator_address, f.num_processes, f.process_id)
+
+
 def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
                process_id: Optional[int] = None) -> None:
     """Joins a multi-process run when one is described; a no-op for a single process.

@@ -19,16 +19,16 @@ from typing import Optional
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from blip_jax import distributed
+
 FLAGS = flags.FLAGS
+distributed.define_flags()
 config_flags.DEFINE_config_file("config", None, "Fine-tuning/evaluation config file.",
                                 lock_config=False)
 flags.DEFINE_string("checkpoint", None, "Model checkpoint directory (blip_jax.checkpoint format: "
                     "a training run's WORKDIR/model or a `blip_jax.convert` output).")
 flags.DEFINE_string("split", None, "Split of config.data.eval_source's dataset (default: its own).")
 flags.DEFINE_string("output", None, "Results JSON (default: CHECKPOINT/eval_TASK_SPLIT.json).")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
-flags.DEFINE_integer("process_id", None, "This process's id (multi-process runs).")
 flags.mark_flags_as_required(["config", "checkpoint"])
 
 
@@ -88,8 +88,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    from blip_jax import distributed
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    distributed.initialize_from_flags()
     run(FLAGS.config, FLAGS.checkpoint, FLAGS.split, FLAGS.output)
 
 

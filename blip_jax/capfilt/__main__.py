@@ -11,12 +11,12 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from blip_jax import distributed
+
 FLAGS = flags.FLAGS
+distributed.define_flags()
 config_flags.DEFINE_config_file("config", None, "CapFilt config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Result shards, summary.json and the release-format JSONs.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
-flags.DEFINE_integer("process_id", None, "This process's id (multi-process runs).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -26,8 +26,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every read at INFO
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()  # the dataset write's bars would bury the summary
-    from blip_jax import distributed
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    distributed.initialize_from_flags()
     from blip_jax.capfilt import run
     from blip_jax.data.report import DataError
     try:

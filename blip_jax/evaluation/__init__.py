@@ -3,8 +3,8 @@ and the COCO caption metrics."""
 
 from blip_jax.evaluation.captioning import (caption_agnostic_baseline, caption_metrics,
                                             write_results)
-from blip_jax.evaluation.retrieval import (evaluate_retrieval, recall_at_k, retrieval_metrics,
+from blip_jax.evaluation.retrieval import (evaluate_retrieval, retrieval_metrics,
                                            retrieval_scores, zero_shot_itc_recall)
 
 __all__ = ["caption_agnostic_baseline", "caption_metrics", "write_results", "evaluate_retrieval",
-           "recall_at_k", "retrieval_metrics", "retrieval_scores", "zero_shot_itc_recall"]
+           "retrieval_metrics", "retrieval_scores", "zero_shot_itc_recall"]

@@ -24,28 +24,6 @@ from blip_jax.image import normalize
 from blip_jax.models.blip import Blip
 
 
-def recall_at_k(scores_i2t: np.ndarray, text_to_image: np.ndarray,
-                ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """TR@K / IR@K in percent, and their mean. scores_i2t [N_img, N_txt];
-    text_to_image [N_txt] gives each text's image index."""
-    scores = np.asarray(scores_i2t, np.float64)
-    text_to_image = np.asarray(text_to_image)
-    n_img, n_txt = scores.shape
-    # IR: rank of the right image for each text (0 = best).
-    right = scores[text_to_image, np.arange(n_txt)]
-    ir_rank = np.sum(scores > right[None, :], axis=0)
-    # TR: best rank over an image's texts.
-    order = np.argsort(-scores, axis=1, kind="stable")
-    is_pos = text_to_image[order] == np.arange(n_img)[:, None]
-    tr_rank = np.argmax(is_pos, axis=1)
-    out = {}
-    for k in ks:
-        out[f"tr_r{k}"] = 100.0 * float(np.mean(tr_rank < k))
-        out[f"ir_r{k}"] = 100.0 * float(np.mean(ir_rank < k))
-    out["r_mean"] = float(np.mean([out[f"{d}_r{k}"] for d in ("tr", "ir") for k in ks]))
-    return out
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _image_feats(model: Blip, params, images):
     return model.apply({"params": params}, images,
@@ -81,10 +59,13 @@ def itc_features(model: Blip, params, images: np.ndarray, text_ids: np.ndarray,
 
 def zero_shot_itc_recall(model: Blip, params, images: np.ndarray, text_ids: np.ndarray,
                          text_mask: np.ndarray, text_to_image: np.ndarray,
+                         image_to_texts: Sequence[Sequence[int]],
                          batch_size: int = 64) -> dict[str, float]:
-    """Retrieval by ITC cosine similarity alone (the fast check used during training)."""
+    """Retrieval by ITC cosine similarity alone (the fast check used during training), with
+    the same metrics and key names as `evaluate_retrieval`."""
     img, txt = itc_features(model, params, images, text_ids, text_mask, batch_size)
-    return recall_at_k(img @ txt.T, text_to_image)
+    sims = img @ txt.T
+    return retrieval_metrics(sims, sims.T, text_to_image, image_to_texts)
 
 
 # -- the paper's protocol: ITC shortlist, ITM re-rank ----------------------------------------------

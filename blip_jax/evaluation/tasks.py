@@ -13,6 +13,7 @@ evaluation protocols (retrieval, captioning). Used by the trainer's periodic eva
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Optional
@@ -69,11 +70,10 @@ def evaluate(config: ml_collections.ConfigDict, model: Blip, params: Any,
 def evaluate_retrieval(config: ml_collections.ConfigDict, model: Blip, params: Any,
                        data: pipeline.EvalData, *, mesh=None) -> dict:
     images = normalize(data.images)
-    if not config.eval.itm_rerank:  # ITC cosine alone; same metrics and key names
-        img, txt = retrieval.itc_features(model, params, images, data.text_ids, data.text_mask,
-                                          config.eval.batch_size)
-        sims = img @ txt.T
-        return retrieval.retrieval_metrics(sims, sims.T, data.text_to_image, data.image_to_texts)
+    if not config.eval.itm_rerank:
+        return retrieval.zero_shot_itc_recall(model, params, images, data.text_ids,
+                                              data.text_mask, data.text_to_image,
+                                              data.image_to_texts, config.eval.batch_size)
     return retrieval.evaluate_retrieval(model, params, images, data.text_ids, data.text_mask,
                                         data.text_to_image, data.image_to_texts,
                                         k_test=config.eval.k_test,
@@ -92,6 +92,12 @@ def decode_options(config: ml_collections.ConfigDict) -> dict:
     return dict(method="greedy", **opts)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _image_tokens(model: Blip, params: Any, images: jax.Array) -> jax.Array:
+    """Compiled once per model and shape (periodic evaluations reuse it)."""
+    return model.apply({"params": params}, images, method=Blip.image_features)
+
+
 def generate_captions(model: Blip, params: Any, images: np.ndarray, *, prompt: str,
                       batch_size: int, seed: int = 0, **options) -> list[str]:
     """Captions for uint8 images [N, S, S, 3], prompt stripped. Fixed-shape batches (the last
@@ -103,13 +109,12 @@ def generate_captions(model: Blip, params: Any, images: np.ndarray, *, prompt: s
     per_process = -(-n // jax.process_count())
     lo = min(n, jax.process_index() * per_process)
     mine = images[lo:lo + per_process]
-    encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=Blip.image_features))
     rows = []
     for start in range(0, len(mine), batch_size):
         chunk = mine[start:start + batch_size]
         batch = np.zeros((batch_size, *images.shape[1:]), np.uint8)
         batch[:len(chunk)] = chunk
-        context = encode(params, jnp.asarray(normalize(batch)))
+        context = _image_tokens(model, params, jnp.asarray(normalize(batch)))
         rng = jax.random.fold_in(jax.random.key(seed), jax.process_index() * per_process + start)
         tokens = decoding.generate(model, params, context, jnp.asarray(prefix), rng=rng, **options)
         rows.append(np.asarray(tokens)[:len(chunk)])

@@ -9,12 +9,12 @@ blip_jax/distributed.py and launch/.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from blip_jax import distributed
+
 FLAGS = flags.FLAGS
+distributed.define_flags()
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard events.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
-flags.DEFINE_integer("process_id", None, "This process's id (multi-process runs).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -23,8 +23,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # orbax and grain log every save/read at INFO; the progress line is what users watch.
     logging.set_verbosity(logging.WARNING)
-    from blip_jax import distributed
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    distributed.initialize_from_flags()
     from blip_jax.train.trainer import train
     train(FLAGS.config, FLAGS.workdir)
 
