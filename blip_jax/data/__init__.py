@@ -3,6 +3,7 @@
 prepare (CLI, ensure_synthetic), builders (TFDS builders), annotations (annotation file parsing),
 synthetic (scenes, rendering, captions, noise), pipeline (make_train_loader, make_eval_data,
 scan_records), transforms (augmentation), sources (sharded record access), export (image files
-out of a dataset), report (DataError, SkipReport). Import the module you need: the pipeline
-brings in grain, which is slow to import.
+out of a dataset), report (DataError, SkipReport), worker_lifetime (grain workers end with
+their parent). Import the module you need: the pipeline brings in grain, which is slow to
+import.
 """

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from blip_jax.data import worker_lifetime
 from blip_jax.data.prepare import dataset_dir, load_report
 from blip_jax.data.report import DataError
 
@@ -96,6 +97,8 @@ class RecordSource:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock, self._readers = threading.Lock(), None
+        # Unpickled in a grain worker: that worker must not outlive a killed trainer.
+        worker_lifetime.exit_with_parent()
 
     def _sources(self) -> list[Any]:
         with self._lock:  # grain reads from several threads
