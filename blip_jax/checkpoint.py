@@ -3,7 +3,10 @@
 Layout of a checkpoint directory:
     config.json     {"model": BlipConfig.to_dict(), "source": where it came from}
     params/         orbax StandardCheckpointer tree of float32 params
-    extras/         optional orbax tree (momentum params, ITC queues) of a pre-training file
+    extras/         optional orbax tree: 'momentum' (the momentum encoders' params),
+                    'image_queue' / 'text_queue' [Q, E], 'queue_ptr' [], 'idx_queue' [Q]
+                    (written by training runs with ITC and by converting original .pth files;
+                    fine-tuning starts its momentum model and queues from them)
 """
 
 from __future__ import annotations
@@ -95,6 +98,12 @@ def load_model(directory: str, with_extras: bool = False):
     check_params_fit(params, config, what=f"checkpoint {directory}")
     if not with_extras:
         return config, params
-    extras_dir = os.path.join(directory, "extras")
-    extras = ckptr.restore(extras_dir) if os.path.exists(extras_dir) else {}
-    return config, params, extras
+    return config, params, load_extras(directory)
+
+
+def load_extras(directory: str) -> dict:
+    """The checkpoint's extras tree ({} when it has none)."""
+    extras_dir = os.path.join(os.path.abspath(directory), "extras")
+    if not os.path.exists(extras_dir):
+        return {}
+    return ocp.StandardCheckpointer().restore(extras_dir)

@@ -15,6 +15,8 @@ import sys
 
 from PIL import Image, ImageDraw
 
+from blip_jax import cli
+
 
 def sample_image(path: str, size: int = 160) -> str:
     """A red circle left of a blue square on a light background."""
@@ -26,11 +28,13 @@ def sample_image(path: str, size: int = 160) -> str:
     return path
 
 
+@cli.entry_point
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m blip_jax.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default=os.path.join("outputs", "demo"))
     args = p.parse_args(argv)
+    cli.check_output_dir(args.workdir, "--workdir")  # before jax starts
 
     import jax
     from blip_jax import caption, checkpoint, score

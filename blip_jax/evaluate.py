@@ -19,7 +19,8 @@ from typing import Optional
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from blip_jax import distributed
+from blip_jax import cli, distributed
+from blip_jax.train.defaults import check_keys
 
 FLAGS = flags.FLAGS
 distributed.define_flags()
@@ -93,4 +94,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_absl(main, config_check=check_keys)

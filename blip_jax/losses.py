@@ -24,60 +24,130 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1))
 
 
+# Logit given to the in-batch ITC columns of other groups (itc_batch_groups > 1): finite, so
+# that their zero targets times their log-probabilities stay 0, and exp() of it is exactly 0.
+_MASKED_LOGIT = -1e9
+
+
+def itc_batch_columns(batch: int, queue: int, groups: int = 1) -> jax.Array:
+    """[B, B+Q] bool: the ITC columns each row sees. groups = 1: all of them. groups = N: the
+    batch is N contiguous groups of B/N rows (the original's per-GPU batches); row i sees the
+    batch columns of its own group and the whole queue (which the original gathers globally)."""
+    if groups < 1 or batch % groups:
+        raise ValueError(f"config.loss.itc_batch_groups={groups}: the batch of {batch} must split "
+                         f"into that many equal groups (a positive divisor of the batch size)")
+    group = jnp.arange(batch) // (batch // groups)
+    in_batch = group[:, None] == group[None, :]
+    return jnp.concatenate([in_batch, jnp.ones((batch, queue), bool)], axis=1)
+
+
+def mask_other_groups(sim: jax.Array, groups: int, batch: Optional[int] = None,
+                      rows: Optional[slice] = None) -> jax.Array:
+    """ITC logits with the batch columns of other groups set to a vanishing logit (no-op for
+    groups = 1): softmax and log_softmax over a row then equal those over its group + queue.
+    sim is [B, B+Q], or the rows `rows` of it (then pass `batch` = B)."""
+    if groups == 1:
+        return sim
+    batch = sim.shape[0] if batch is None else batch
+    keep = itc_batch_columns(batch, sim.shape[1] - batch, groups)
+    if rows is not None:
+        keep = keep[rows]
+    return jnp.where(keep, sim, jnp.asarray(_MASKED_LOGIT, sim.dtype))
+
+
 def itc_positive_targets(batch: int, queue: int, image_ids: Optional[jax.Array] = None,
-                         id_queue: Optional[jax.Array] = None) -> jax.Array:
+                         id_queue: Optional[jax.Array] = None, groups: int = 1) -> jax.Array:
     """[B, B+Q] positive-pair targets with rows summing to 1.
 
     Pre-training: one-hot on the diagonal (queue columns are negatives). Retrieval
-    fine-tuning: every column with the same image id (batch and id queue) is a positive."""
+    fine-tuning: every column with the same image id (batch and id queue) is a positive;
+    with `groups` > 1 only the batch columns of the row's own group count (as the original's
+    per-GPU idx_all = [local ids; id queue])."""
     if image_ids is None:
         return jnp.eye(batch, batch + queue, dtype=jnp.float32)
     all_ids = jnp.concatenate([image_ids, id_queue])
-    pos = (image_ids[:, None] == all_ids[None, :]).astype(jnp.float32)
+    pos = (image_ids[:, None] == all_ids[None, :]) & itc_batch_columns(batch, queue, groups)
+    pos = pos.astype(jnp.float32)
     return pos / jnp.sum(pos, axis=-1, keepdims=True)
 
 
 def itc_loss(image_feat: jax.Array, text_feat: jax.Array, image_feat_m: jax.Array,
              text_feat_m: jax.Array, image_queue: jax.Array, text_queue: jax.Array,
              temp: jax.Array, alpha: jax.Array, image_ids: Optional[jax.Array] = None,
-             id_queue: Optional[jax.Array] = None) -> tuple[jax.Array, dict]:
+             id_queue: Optional[jax.Array] = None, groups: int = 1) -> tuple[jax.Array, dict]:
     """ITC with momentum encoders, queues and momentum distillation.
 
     image_feat, text_feat [B, E] online; *_m [B, E] momentum (no gradient); queues [Q, E].
-    Returns (loss, aux) with aux['sim_i2t'], aux['sim_t2i'] [B, B+Q] (the online logits,
-    which also drive ITM's hard-negative sampling).
+    `groups` (config.loss.itc_batch_groups): each row's in-batch columns and distillation
+    targets are its own group's (`itc_batch_columns`), so the loss is the mean over groups of
+    each group's loss alone with the queue. Returns (loss, aux) with aux['sim_i2t'],
+    aux['sim_t2i'] [B, B+Q] (the online logits, other groups' columns masked).
     """
     image_feat_m = jax.lax.stop_gradient(image_feat_m)
     text_feat_m = jax.lax.stop_gradient(text_feat_m)
     text_all = jnp.concatenate([text_feat_m, jax.lax.stop_gradient(text_queue)], axis=0)
     image_all = jnp.concatenate([image_feat_m, jax.lax.stop_gradient(image_queue)], axis=0)
-    sim_i2t = image_feat @ text_all.T / temp
-    sim_t2i = text_feat @ image_all.T / temp
-    sim_i2t_m = jax.lax.stop_gradient(image_feat_m @ text_all.T / temp)
-    sim_t2i_m = jax.lax.stop_gradient(text_feat_m @ image_all.T / temp)
-    positives = itc_positive_targets(image_feat.shape[0], image_queue.shape[0], image_ids, id_queue)
+    sim_i2t = mask_other_groups(image_feat @ text_all.T / temp, groups)
+    sim_t2i = mask_other_groups(text_feat @ image_all.T / temp, groups)
+    sim_i2t_m = jax.lax.stop_gradient(mask_other_groups(image_feat_m @ text_all.T / temp, groups))
+    sim_t2i_m = jax.lax.stop_gradient(mask_other_groups(text_feat_m @ image_all.T / temp, groups))
+    positives = itc_positive_targets(image_feat.shape[0], image_queue.shape[0], image_ids, id_queue,
+                                     groups)
     loss_i2t = soft_cross_entropy(sim_i2t, itc_targets(sim_i2t_m, positives, alpha))
     loss_t2i = soft_cross_entropy(sim_t2i, itc_targets(sim_t2i_m, positives, alpha))
     return (loss_i2t + loss_t2i) / 2, {"sim_i2t": sim_i2t, "sim_t2i": sim_t2i}
 
 
-def hard_negative_weights(sim: jax.Array, image_ids: Optional[jax.Array] = None) -> jax.Array:
-    """Sampling weights [B, B] from the batch block of a similarity matrix: softmax + 1e-4,
-    with the positive (the diagonal, or every same-id pair) set to 0."""
-    batch = sim.shape[0]
-    w = jax.nn.softmax(jax.lax.stop_gradient(sim[:, :batch]).astype(jnp.float32), axis=-1) + 1e-4
-    if image_ids is None:
-        same = jnp.eye(batch, dtype=bool)
+def negative_similarities(image_feat: jax.Array, text_feat: jax.Array, image_feat_m: jax.Array,
+                          text_feat_m: jax.Array, temp: jax.Array,
+                          source: str = "momentum") -> tuple[jax.Array, jax.Array]:
+    """(sim_i2t, sim_t2i) [B, B] that ITM hard negatives are drawn from
+    (config.loss.itm_negative_sim): "momentum" = online x momentum features (the original's
+    pre-training, the batch block of its ITC logits); "online" = online x online (its
+    retrieval fine-tuning, both negative_all_rank branches)."""
+    if source == "momentum":
+        txt, img = text_feat_m, image_feat_m
+    elif source == "online":
+        txt, img = text_feat, image_feat
     else:
-        same = image_ids[:, None] == image_ids[None, :]
-    return jnp.where(same, 0.0, w)
+        raise ValueError(f"config.loss.itm_negative_sim={source!r}: use 'momentum' or 'online'")
+    sims = (image_feat @ txt.T / temp, text_feat @ img.T / temp)
+    return jax.tree_util.tree_map(jax.lax.stop_gradient, sims)
+
+
+def _same_pairs(batch: int, image_ids: Optional[jax.Array]) -> jax.Array:
+    if image_ids is None:
+        return jnp.eye(batch, dtype=bool)
+    return image_ids[:, None] == image_ids[None, :]
+
+
+def hard_negative_weights(sim: jax.Array, image_ids: Optional[jax.Array] = None,
+                          floor: float = 1e-4) -> jax.Array:
+    """Sampling weights [B, B] from the batch block of a similarity matrix: softmax + floor
+    (config.loss.itm_negative_floor: 1e-4 in the original's pre-training, 0 in its retrieval
+    fine-tuning), with the positive (the diagonal, or every same-id pair) set to 0."""
+    batch = sim.shape[0]
+    w = jax.nn.softmax(jax.lax.stop_gradient(sim[:, :batch]).astype(jnp.float32), axis=-1) + floor
+    return jnp.where(_same_pairs(batch, image_ids), 0.0, w)
+
+
+def hard_negative_log_weights(sim: jax.Array, image_ids: Optional[jax.Array] = None,
+                              floor: float = 1e-4) -> jax.Array:
+    """log(hard_negative_weights) (-inf for positives), the logits the sampler draws from.
+    With floor 0 it is log_softmax itself, so negatives whose softmax underflows to 0 in
+    float32 keep their (tiny) probability instead of leaving a row of zeros."""
+    if floor > 0:
+        return jnp.log(hard_negative_weights(sim, image_ids, floor))  # log(0) = -inf: positives
+    batch = sim.shape[0]
+    logw = jax.nn.log_softmax(jax.lax.stop_gradient(sim[:, :batch]).astype(jnp.float32), -1)
+    return jnp.where(_same_pairs(batch, image_ids), -jnp.inf, logw)
 
 
 def sample_hard_negatives(rng: jax.Array, sim_i2t: jax.Array, sim_t2i: jax.Array,
-                          image_ids: Optional[jax.Array] = None,
-                          groups: int = 1) -> tuple[jax.Array, jax.Array]:
+                          image_ids: Optional[jax.Array] = None, groups: int = 1,
+                          floor: float = 1e-4) -> tuple[jax.Array, jax.Array]:
     """One negative image per text and one negative text per image, drawn with probability
-    proportional to `hard_negative_weights`.
+    proportional to `hard_negative_weights` (with `floor`).
 
     `groups` > 1 samples within each of `groups` equal contiguous slices of the batch (the
     original's per-GPU sampling); 1 samples over the whole (global) batch.
@@ -95,8 +165,8 @@ def sample_hard_negatives(rng: jax.Array, sim_i2t: jax.Array, sim_t2i: jax.Array
         rows = sim[:, :batch].reshape(groups, size, batch)
         blocks = jnp.stack([rows[g, :, g * size:(g + 1) * size] for g in range(groups)])
         ids = None if image_ids is None else image_ids.reshape(groups, size)
-        w = jax.vmap(hard_negative_weights)(blocks, ids)  # ids None: an empty pytree
-        pick = jax.random.categorical(key, jnp.log(w), axis=-1)  # [G, size]
+        logw = jax.vmap(lambda b, i: hard_negative_log_weights(b, i, floor))(blocks, ids)
+        pick = jax.random.categorical(key, logw, axis=-1)  # [G, size]; ids None: empty pytree
         return (pick + offsets[:, None]).reshape(batch)
 
     return draw(rng_img, sim_t2i), draw(rng_txt, sim_i2t)

@@ -9,9 +9,11 @@ import argparse
 import json
 import sys
 
-from blip_jax.image import ImageError
+from blip_jax import cli, image
+from blip_jax.tokenizer import pre_caption
 
 
+@cli.entry_point
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m blip_jax.score", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -20,14 +22,16 @@ def main(argv=None) -> int:
     p.add_argument("--text", required=True)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    # Checked before the checkpoint loads: the model would score an empty text without a word.
+    if not pre_caption(args.text):
+        raise cli.UserError(f"--text {args.text!r} has no words to score (after BLIP's cleaning: "
+                            "lower case, punctuation removed); give a caption, e.g. --text "
+                            "\"a dog on a beach\"")
+    img = image.open_rgb(args.image)  # ImageError names the file
     from blip_jax.inference import Predictor
 
     predictor = Predictor.load(args.checkpoint)
-    try:
-        images = predictor.load_images([args.image])
-    except ImageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    images = image.preprocess(img, predictor.config.vision.image_size)[None]
     itm, itc = predictor.score(images, [args.text])
     if args.json:
         print(json.dumps({"itm": float(itm[0]), "itc": float(itc[0])}))

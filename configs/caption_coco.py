@@ -1,6 +1,7 @@
 """COCO captioning fine-tune of a pre-trained ViT-B BLIP, the paper's recipe (REFERENCE §4):
 384 px, LM loss only with the prompt "a picture of " prepended and excluded from the loss,
-AdamW lr 1e-5, wd 0.05, cosine to 0 over 5 epochs, global batch 256 (32 x 8 GPUs); beam
+AdamW lr 1e-5, wd 0.05, cosine over 5 epochs stepped once per epoch (the original's
+cosine_lr_schedule: constant within an epoch, never 0), global batch 256 (32 x 8 GPUs); beam
 search 3 / min 5 / max 20 on the Karpathy test split.
 
     python -m blip_jax.data.prepare --source coco_karpathy --data_dir DATA \
@@ -33,7 +34,7 @@ def get_config():
     c.total_steps = 5 * c.steps_per_epoch
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
-    c.optim.schedule = "cosine"
+    c.optim.schedule = "cosine_epoch"  # per-step cosine to min_lr: "cosine"
     c.optim.lr = 1e-5
     c.optim.warmup_steps = 0
     c.optim.min_lr = 0.0

@@ -1,6 +1,6 @@
 """Tiny captioner fine-tuned on the synthetic clean split from a tiny pre-training run: the
 paper's captioning recipe in miniature (LM only, prompt "a picture of " excluded from the loss,
-cosine schedule; beam search 3 / min 5 / max 20 at evaluation). Recipe:
+per-epoch cosine schedule; beam search 3 / min 5 / max 20 at evaluation). Recipe:
 blip_jax/experiments/tiny.py.
 
     python -m blip_jax.train --config=configs/pretrain_tiny.py --workdir=/tmp/pretrain_tiny

@@ -1,8 +1,10 @@
 """COCO retrieval fine-tune of a pre-trained ViT-B BLIP, the paper's recipe (REFERENCE §4):
 384 px, ITC (image-id positives, id queue 57600, momentum distillation alpha 0.4 ramped over
-the first epoch) + ITM (hard negatives over the whole global batch, same-id pairs masked),
-AdamW lr 1e-5, wd 0.05, cosine to 0 over 6 epochs, global batch 256 (32 x 8 GPUs); evaluation
-on the Karpathy 5k test: ITC for all pairs, ITM re-rank of each query's top 256.
+the first epoch) + ITM (hard negatives over the whole global batch drawn from online x online
+similarities, softmax without the pre-training's +1e-4, same-id pairs masked), AdamW lr 1e-5,
+wd 0.05, cosine over 6 epochs stepped once per epoch (constant within an epoch, never 0),
+global batch 256 (32 x 8 GPUs); evaluation on the Karpathy 5k test: ITC for all pairs, ITM
+re-rank of each query's top 256.
 
     python -m blip_jax.train --config=configs/retrieval_coco.py --workdir=DIR \
         --config.data.data_dir=DATA --config.init_checkpoint=/ckpt/blip_base
@@ -32,7 +34,7 @@ def get_config(dataset: str = "blip_coco_karpathy", train_pairs: int = COCO_TRAI
     c.total_steps = 6 * c.steps_per_epoch
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
-    c.optim.schedule = "cosine"
+    c.optim.schedule = "cosine_epoch"  # the original's per-epoch cosine; per-step: "cosine"
     c.optim.lr = 1e-5
     c.optim.warmup_steps = 0
     c.optim.min_lr = 0.0
@@ -45,6 +47,10 @@ def get_config(dataset: str = "blip_coco_karpathy", train_pairs: int = COCO_TRAI
     c.loss.alpha = 0.4
     c.loss.alpha_ramp_epochs = 1.0
     c.loss.itm_negatives = negatives  # COCO: negatives from all ranks (negative_all_rank)
+    c.loss.itm_negative_sim = "online"  # models/blip_retrieval.py: image_feat @ text_feat.T
+    c.loss.itm_negative_floor = 0.0     # ... softmax with no +1e-4
+    # ITC in-batch columns over the whole global batch (1); 8 = the original's 8 GPUs x 32.
+    c.loss.itc_batch_groups = 1
     c.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
     c.eval.every_steps = c.steps_per_epoch
     c.eval.max_images = 0

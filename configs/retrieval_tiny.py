@@ -1,6 +1,7 @@
 """Tiny retrieval fine-tune on the synthetic clean split from a tiny pre-training run: the
 paper's retrieval recipe in miniature (ITC with image-id positives and an id queue, ITM with
-same-id negatives masked, cosine schedule; evaluation re-ranks each query's top k by ITM).
+online x online negatives with same-id pairs masked, per-epoch cosine schedule; evaluation
+re-ranks each query's top k by ITM).
 Recipe: blip_jax/experiments/tiny.py.
 
     python -m blip_jax.train --config=configs/retrieval_tiny.py --workdir=/tmp/retrieval_tiny \

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from blip_jax import losses
 from blip_jax.losses import (
     alpha_at,
     enqueue,
@@ -80,9 +81,11 @@ def np_positives(ids, id_queue):
     return pos
 
 
-def np_hn_weights(sim, ids=None):
+def np_hn_weights(sim, ids=None, floor=1e-4):
+    """softmax(sim[:, :B]) + floor, same-id pairs 0: models/blip_pretrain.py (floor 1e-4) and
+    models/blip_retrieval.py (floor 0)."""
     b = sim.shape[0]
-    w = np_softmax(np.asarray(sim, np.float64)[:, :b]) + 1e-4
+    w = np_softmax(np.asarray(sim, np.float64)[:, :b]) + floor
     for i in range(b):
         for j in range(b):
             if (i == j) if ids is None else (ids[i] == ids[j]):
@@ -396,3 +399,229 @@ def test_alpha_at_ramp_and_constant():
     np.testing.assert_allclose(float(jitted(jnp.int32(30))), 0.12, rtol=RTOL)
     for step in (0, 5, 10_000):
         np.testing.assert_allclose(float(alpha_at(jnp.int32(step), 0.4, 0)), 0.4, rtol=RTOL)
+
+
+# ----------------------------------------------------------------------------- issue 11 items 2-3
+# ITM negatives: online x momentum + 1e-4 (the original's pre-training) or online x online, no
+# floor (its retrieval fine-tuning); ITC in-batch columns per group of rows (itc_batch_groups).
+
+
+def _train_imports():
+    from blip_jax.train import step, trainer
+    return step, trainer
+
+
+def _load_config(name):
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                        f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+@pytest.mark.parametrize("floor", [1e-4, 0.0])
+def test_hard_negative_weights_and_log_weights_follow_floor(floor):
+    s_i2t, _ = peaked_sims()
+    s_i2t[0, 3] = -60.0  # softmax ~ 1e-27: the weight is the floor alone
+    for ids in (None, IDS):
+        jids = None if ids is None else jnp.asarray(ids)
+        w = np.asarray(hard_negative_weights(jnp.asarray(s_i2t), jids, floor))
+        ref = np_hn_weights(s_i2t, ids, floor)
+        np.testing.assert_allclose(w, ref, rtol=RTOL, atol=2e-7 if floor else 1e-9)
+        # The sampler's logits are log(weights): the same distribution, -inf on positives.
+        logw = np.asarray(losses.hard_negative_log_weights(jnp.asarray(s_i2t), jids, floor),
+                          np.float64)
+        assert np.array_equal(np.isneginf(logw), ref == 0)
+        p = np.exp(logw - logw.max(-1, keepdims=True))
+        np.testing.assert_allclose(p / p.sum(-1, keepdims=True), ref / ref.sum(-1, keepdims=True),
+                                   rtol=1e-5, atol=1e-7)
+    w = np.asarray(hard_negative_weights(jnp.asarray(s_i2t), None, floor))
+    assert (w[0, 3] > 0.9e-4) == (floor > 0)
+
+
+def neg_features(seed=12, b=6, e=8):
+    rng = np.random.default_rng(seed)
+    return [normalised(rng, b, e) for _ in range(4)]  # image, text, image_m, text_m
+
+
+def test_negative_similarities_online_and_momentum():
+    img, txt, img_m, txt_m = neg_features()
+    args = [jnp.asarray(a) for a in (img, txt, img_m, txt_m)] + [jnp.float32(TEMP)]
+    f = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    for source, (t, i) in (("momentum", (txt_m, img_m)), ("online", (txt, img))):
+        s_i2t, s_t2i = losses.negative_similarities(*args, source=source)
+        np.testing.assert_allclose(np.asarray(s_i2t), f(img) @ f(t).T / TEMP, rtol=RTOL, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(s_t2i), f(txt) @ f(i).T / TEMP, rtol=RTOL, atol=1e-5)
+    with pytest.raises(ValueError, match="itm_negative_sim"):
+        losses.negative_similarities(*args, source="queue")
+
+
+@pytest.mark.parametrize("recipe", ["retrieval", "pretrain"])
+def test_train_step_negatives_follow_the_recipe(recipe, monkeypatch):
+    """The tiny recipes through trainer.loss_config and the step's sampler: the weights the
+    step samples with are, for retrieval, softmax(image_feat @ text_feat.T / temp) with same-id
+    pairs 0 (models/blip_retrieval.py forward), for pre-training softmax(image_feat @
+    text_feat_m.T / temp) + 1e-4 with the diagonal 0 (models/blip_pretrain.py); the NumPy
+    weights below are computed from scratch."""
+    from blip_jax.experiments import tiny
+    step, trainer = _train_imports()
+    lc = trainer.loss_config(getattr(tiny, recipe)(), 93, 0)
+    feats = neg_features()
+    img, txt, img_m, txt_m = (np.asarray(a, np.float64) for a in feats)
+    online = recipe == "retrieval"
+    ids = IDS if online else np.arange(6, dtype=np.int32)
+    same = ids[:, None] == ids[None, :]
+
+    def weights(sim, floor):
+        e = np.exp(sim - sim.max(-1, keepdims=True))
+        w = e / e.sum(-1, keepdims=True) + floor
+        w[same] = 0.0
+        return w
+
+    t, i, floor = (txt, img, 0.0) if online else (txt_m, img_m, 1e-4)
+    t2, i2, floor2 = (txt_m, img_m, 1e-4) if online else (txt, img, 0.0)  # the other rule
+    # What the step hands the sampler (with its default floor, as before config keys existed).
+    seen = {}
+
+    def record(rng, sim_i2t, sim_t2i, image_ids=None, groups=1, floor=1e-4):
+        seen.update(sim_i2t=sim_i2t, sim_t2i=sim_t2i, ids=image_ids, floor=floor)
+        return jnp.zeros(6, jnp.int32), jnp.zeros(6, jnp.int32)
+
+    monkeypatch.setattr(step.losses, "sample_hard_negatives", record)
+    step._sample_negatives(lc, jax.random.PRNGKey(0), *(jnp.asarray(a) for a in feats[:2]),
+                           tuple(jnp.asarray(a) for a in feats[2:]), None, jnp.float32(TEMP),
+                           {"image_id": jnp.asarray(ids)}, 1)
+    # The sampler's weights from what it was handed (hard_negative_weights' own checks above).
+    got_ids = None if seen["ids"] is None else np.asarray(seen["ids"])
+    assert (got_ids is None) == (not online)
+    w_txt = np_hn_weights(np.asarray(seen["sim_i2t"]), got_ids, seen["floor"])
+    w_img = np_hn_weights(np.asarray(seen["sim_t2i"]), got_ids, seen["floor"])
+    # negative text for each image ~ i2t weights; negative image for each text ~ t2i weights
+    np.testing.assert_allclose(w_txt, weights(img @ t.T / TEMP, floor), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(w_img, weights(txt @ i.T / TEMP, floor), rtol=1e-5, atol=1e-8)
+    # The other rule gives clearly different weights (so the check above can tell them apart).
+    assert np.abs(weights(img @ t2.T / TEMP, floor2) - w_txt).max() > 0.2
+
+
+def test_paper_retrieval_configs_use_the_original_retrieval_negatives():
+    _, trainer = _train_imports()
+    for name in ("retrieval_coco", "retrieval_flickr"):
+        lc = trainer.loss_config(_load_config(name), 100, 0)
+        assert (lc.itm_negative_sim, lc.itm_negative_floor) == ("online", 0.0), name
+    lc = trainer.loss_config(_load_config("pretrain_base"), 100, 0)
+    assert (lc.itm_negative_sim, lc.itm_negative_floor) == ("momentum", 1e-4)
+
+
+GROUP_IDS = np.array([3, 7, 3, 1, 5, 7, 3, 9], np.int32)  # same ids within and across groups
+GROUP_ID_QUEUE = np.array([7, 2, 3, 3, 9, 1], np.int32)
+
+
+def np_grouped_itc(x, groups, alpha, ids=None):
+    """Mean over groups of the NumPy ITC loss of each group alone with the whole queue."""
+    b = x["image_feat"].shape[0]
+    size = b // groups
+    out = []
+    for g in range(groups):
+        sl = slice(g * size, (g + 1) * size)
+        part = [x[k][sl] for k in ("image_feat", "text_feat", "image_feat_m", "text_feat_m")]
+        pos = None if ids is None else np_positives(ids[sl], GROUP_ID_QUEUE)
+        out.append(np_itc(*part, x["image_queue"], x["text_queue"], TEMP, alpha, pos)[0])
+    return np.mean(out)
+
+
+def _rows(d, sl):
+    """The features of rows `sl` (queues and the id queue unchanged)."""
+    return {k: (v[sl] if k.endswith(("feat", "feat_m", "image_ids")) else v) for k, v in d.items()}
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_itc_batch_groups_equal_mean_of_group_losses(with_ids):
+    x = itc_inputs(13, b=8, q=6)
+    ids = GROUP_IDS if with_ids else None
+    if with_ids:
+        x.update(image_ids=GROUP_IDS, id_queue=GROUP_ID_QUEUE)
+
+    @jax.jit  # one compile for all the calls below
+    def run(jx):
+        def loss(d, **kw):
+            return itc_loss(**d, temp=jnp.float32(TEMP), alpha=jnp.float32(0.4), **kw)[0]
+
+        def with_feat(f, d, **kw):
+            return loss({**d, "image_feat": f}, **kw)
+        half = _rows(jx, slice(0, 4))
+        return (loss(jx), loss(jx, groups=1), loss(jx, groups=2), loss(jx, groups=4),
+                jax.grad(with_feat)(jx["image_feat"], jx, groups=2),
+                jax.value_and_grad(with_feat)(half["image_feat"], half))
+
+    base, one, two, four, grad, (loss0, grad0) = run({k: jnp.asarray(v) for k, v in x.items()})
+    assert float(one) == float(base)  # groups=1 is today's loss, bit for bit
+    np.testing.assert_allclose(float(one), np_grouped_itc(x, 1, 0.4, ids), rtol=RTOL)
+    for groups, got in ((2, two), (4, four)):
+        ref = np_grouped_itc(x, groups, 0.4, ids)
+        np.testing.assert_allclose(float(got), ref, rtol=RTOL)
+        assert abs(ref - float(base)) > 1e-2  # ... and not the whole-batch loss
+    # A separate call on group 0 alone gives its NumPy loss; the grouped loss's gradients are
+    # finite and each group's own, divided by the number of groups.
+    np.testing.assert_allclose(float(loss0), np_grouped_itc(_rows(x, slice(0, 4)), 1, 0.4,
+                                                            None if ids is None else ids[:4]),
+                               rtol=RTOL)
+    assert np.all(np.isfinite(np.asarray(grad)))
+    np.testing.assert_allclose(np.asarray(grad)[:4], np.asarray(grad0) / 2, rtol=1e-4, atol=1e-7)
+
+
+class _TempOnly:
+    """What the step's ITC path asks of the model: the temperature."""
+
+    def temperature(self):
+        return jnp.float32(TEMP)
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_step_itc_batch_groups_with_accumulation_slices(with_ids):
+    """trainer.loss_config reads config.loss.itc_batch_groups into the step; the step's ITC over
+    any row slices (gradient accumulation's micro-batches, which need not align with the
+    groups) adds up to the mean of the per-group losses."""
+    import types
+
+    from train_utils import micro_config
+    step, trainer = _train_imports()
+    x = itc_inputs(14, b=8, q=6)
+    ids = GROUP_IDS if with_ids else None
+    state = types.SimpleNamespace(image_queue=jnp.asarray(x["image_queue"]),
+                                  text_queue=jnp.asarray(x["text_queue"]),
+                                  id_queue=jnp.asarray(GROUP_ID_QUEUE) if with_ids else None)
+    batch = {"text_ids": jnp.ones((8, 4), jnp.int32), "text_mask": jnp.ones((8, 4), jnp.int32),
+             "image_id": jnp.asarray(GROUP_IDS)}
+    feats_m = (jnp.asarray(x["image_feat_m"]), jnp.asarray(x["text_feat_m"]))
+    # (groups, micro-batches): the whole batch; micro-batches that are the groups; micro-batches
+    # of 4 rows spanning two groups of 2.
+    for groups, micro in ((1, 1), (4, 1), (2, 2), (4, 2)):
+        lc = trainer.loss_config(micro_config(batch_size=8, itm_weight=0.0, lm_weight=0.0,
+                                              use_image_ids=with_ids, itc_batch_groups=groups),
+                                 5, 0)
+        size, total = 8 // micro, 0.0
+        for m in range(micro):
+            sl = slice(m * size, (m + 1) * size)
+            _, out = step._head_losses(_TempOnly(), lc, None, jnp.asarray(x["image_feat"][sl]),
+                                       jnp.asarray(x["text_feat"][sl]), feats_m, batch, None,
+                                       state, jnp.float32(0.4), None if micro == 1 else sl,
+                                       None, True)
+            total += float(out["loss_itc"])
+        np.testing.assert_allclose(total, np_grouped_itc(x, groups, 0.4, ids), rtol=RTOL,
+                                   err_msg=f"{groups=} {micro=}")
+
+
+def test_itc_batch_groups_must_divide_the_batch():
+    from train_utils import micro_config
+    _, trainer = _train_imports()
+    for bad in (3, 0, 32):
+        with pytest.raises(ValueError, match="itc_batch_groups"):
+            trainer.loss_config(micro_config(batch_size=16, itc_batch_groups=bad), 5, 0)
+    with pytest.raises(ValueError, match="itc_batch_groups"):
+        losses.itc_batch_columns(8, 4, 3)
+    cols = np.asarray(losses.itc_batch_columns(4, 2, 2))
+    np.testing.assert_array_equal(cols, [[1, 1, 0, 0, 1, 1], [1, 1, 0, 0, 1, 1],
+                                         [0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])

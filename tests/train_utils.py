@@ -10,8 +10,10 @@ from blip_jax.train.defaults import base_config
 # tied decoder, LM head): keeps compile times of the many sharded variants low.
 MICRO = BlipConfig(
     vision=VisionConfig(image_size=32, patch_size=16, width=32, depth=1, num_heads=2, mlp_dim=64),
+    # No dropout: the tests compare runs whose dropout masks differ by construction (gradient
+    # accumulation draws one key per micro-batch).
     text=TextConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-                    max_position_embeddings=32),
+                    max_position_embeddings=32, dropout_rate=0.0, attention_dropout_rate=0.0),
     embed_dim=16, tie_encoder_decoder=True)
 
 

@@ -6,12 +6,11 @@ Restarting with the same workdir resumes: finished result shards are kept, the r
 Multi-process: see blip_jax/distributed.py and launch/ (each process scans its own shard).
 """
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from blip_jax import distributed
+from blip_jax import cli, distributed
+from blip_jax.capfilt.defaults import check_config
 
 FLAGS = flags.FLAGS
 distributed.define_flags()
@@ -26,15 +25,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every read at INFO
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()  # the dataset write's bars would bury the summary
+    cli.check_output_dir(FLAGS.workdir, "--workdir")
     distributed.initialize_from_flags()
     from blip_jax.capfilt import run
-    from blip_jax.data.report import DataError
-    try:
-        run(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError, DataError) as e:  # settings or data: say what, no trace
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run(FLAGS.config, FLAGS.workdir)  # settings or data errors: one line (blip_jax.cli)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_absl(main, config_check=check_config)

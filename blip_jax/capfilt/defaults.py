@@ -8,7 +8,7 @@ import ml_collections
 # the device count are free to change, results do not depend on them).
 RESULT_KEYS = ("data_dir", "sources", "synthetic_num_images", "synthetic_noise_rate",
                "synthetic_seed", "captioner_checkpoint", "filter_checkpoint", "num_captions",
-               "top_p", "temperature", "repetition_penalty", "prompt", "min_length", "max_length",
+               "top_p", "top_k", "temperature", "repetition_penalty", "prompt", "min_length", "max_length",
                "threshold", "seed", "records_per_shard", "max_words", "max_tokens",
                "output_name", "output_data_dir")
 
@@ -38,6 +38,9 @@ def default_config() -> ml_collections.ConfigDict:
     # -- captioning: nucleus sampling as in the original CapFilt ------------------------------------
     c.num_captions = 1           # synthetic captions per image
     c.top_p = 0.9
+    # The original sampled with transformers 4.15's generate, which also applies its default
+    # top-k 50 before top-p; 0 = top-p alone.
+    c.top_k = 50
     c.temperature = 1.0
     c.repetition_penalty = 1.1
     c.prompt = "a picture of "   # decoder prompt; stripped from the stored captions
@@ -74,6 +77,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                                          "a text encoder and the ITM head"),
         (config.num_captions >= 1, f"num_captions={config.num_captions}: must be >= 1"),
         (0.0 < config.top_p <= 1.0, f"top_p={config.top_p}: must be in (0, 1]"),
+        (config.top_k >= 0, f"top_k={config.top_k}: must be >= 0 (0 = off)"),
         (config.temperature > 0, f"temperature={config.temperature}: must be > 0"),
         (config.repetition_penalty > 0, f"repetition_penalty={config.repetition_penalty}: "
                                         "must be > 0 (1.0 = off)"),

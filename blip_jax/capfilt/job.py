@@ -101,6 +101,7 @@ class SampleOptions:
 
     prefix: tuple[int, ...]  # [DEC] + prompt tokens
     top_p: float
+    top_k: int
     temperature: float
     max_length: int
     min_length: int
@@ -118,7 +119,7 @@ def _step_a(cap: Blip, fil: Blip, opts: SampleOptions, cap_params, fil_params, i
 
     def one(ctx, key):  # one caption of one image with its own key, whatever the batch
         return decoding.nucleus_sample(
-            cap, cap_params, ctx[None], prefix, key, top_p=opts.top_p,
+            cap, cap_params, ctx[None], prefix, key, top_p=opts.top_p, top_k=opts.top_k,
             temperature=opts.temperature, max_length=opts.max_length,
             min_length=opts.min_length, repetition_penalty=opts.repetition_penalty)[0]
 
@@ -153,6 +154,7 @@ class Steps:
         self.tokenizer = tok.BlipTokenizer()
         prefix = decoding.prompt_ids(self.tokenizer, config.prompt)
         self.opts = SampleOptions(tuple(int(t) for t in prefix), float(config.top_p),
+                                  int(config.top_k),
                                   float(config.temperature), int(config.max_length),
                                   int(config.min_length), float(config.repetition_penalty),
                                   int(config.seed), int(config.num_captions))

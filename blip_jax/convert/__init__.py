@@ -216,3 +216,9 @@ def convert(src: str, dst: str, image_size: Optional[int] = None) -> tuple[BlipC
 
 __all__ = ["EXPORT_NAMES", "HF_ARCHITECTURES", "ImportReport", "MOMENTUM_MODULES", "config_from_hf",
            "convert", "export_hf", "import_state_dict", "infer_config", "load_hf", "load_original"]
+
+# Pre-training initialisation from ImageNet ViT / BERT weights (after the readers above it uses).
+from blip_jax.convert.pretrained_init import (InitReport, apply_pretrained,  # noqa: E402
+                                              convert_init, init_from_pretrained)
+
+__all__ += ["InitReport", "apply_pretrained", "convert_init", "init_from_pretrained"]

@@ -137,16 +137,23 @@ def import_state_dict(sd: Mapping[str, np.ndarray], config: BlipConfig, layout: 
                  f"{config.text.hidden_size}, {config.text.num_layers} layers; "
                  f"text_encoder={config.text_encoder}, text_decoder={config.text_decoder}, "
                  f"tied={tied}{', momentum copies' if momentum else ''}):"]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatch", wrong),
-                             ("tied copies that differ (is the file really tied?)", differ)):
-            if items:
-                shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(shown))
+        lines += mismatch_lines((("missing keys", missing), ("unexpected keys", unexpected),
+                                 ("shape mismatch", wrong),
+                                 ("tied copies that differ (is the file really tied?)", differ)))
         lines.append("Fix: pass the model config that matches the file (e.g. the right preset "
                      "and image size), or check that the file is a BLIP checkpoint.")
         raise CheckpointMismatchError("\n".join(lines))
     return mapping.unflatten(out), report
+
+
+def mismatch_lines(sections) -> list[str]:
+    """'  title (n): a, b, ...' for each non-empty (title, items) section, 20 items at most."""
+    lines = []
+    for title, items in sections:
+        if items:
+            shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
+            lines.append(f"  {title} ({len(items)}): " + ", ".join(shown))
+    return lines
 
 
 def _momentum_key(key: str) -> str:

@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from blip_jax import cli
 from blip_jax.data import builders, synthetic
 from blip_jax.data.annotations import split_of
 from blip_jax.data.report import DataError, write_json
@@ -128,6 +129,7 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@cli.entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m blip_jax.data.prepare", description=__doc__.split("\n")[0])
     p.add_argument("--source", required=True, choices=SOURCES)
@@ -149,14 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.source == "synthetic":
         kwargs = dict(num_images=args.num_images, noise_rate=args.noise_rate, seed=args.seed,
                       image_size=args.image_size)
-    try:
-        builder = make_builder(args.source, args.data_dir, annotations=args.annotations,
-                               image_root=args.image_root, name=args.name,
-                               verify_images=not args.no_verify_images, **kwargs)
-        report = build(builder, overwrite=args.overwrite)
-    except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cli.check_output_dir(args.data_dir, "--data_dir")
+    builder = make_builder(args.source, args.data_dir, annotations=args.annotations,
+                           image_root=args.image_root, name=args.name,
+                           verify_images=not args.no_verify_images, **kwargs)
+    report = build(builder, overwrite=args.overwrite)  # DataError etc.: one line (blip_jax.cli)
     print(summary(report))
     print(f"read it with tfds.data_source({report['dataset']!r}, data_dir={args.data_dir!r})")
     return 0

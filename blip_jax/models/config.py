@@ -46,8 +46,9 @@ class TextConfig:
     intermediate_size: int = 3072
     max_position_embeddings: int = 512
     layer_norm_eps: float = 1e-12
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
+    # The original's med_config.json / bert_config.json: hidden and attention dropout 0.1.
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
     remat: bool = False
     init_std: float = 0.02
 
@@ -135,8 +136,11 @@ PRESETS: dict[str, BlipConfig] = {
     "tiny": _preset(
         VisionConfig(image_size=64, patch_size=16, width=64, depth=2, num_heads=2, mlp_dim=256,
                      init_std=0.07),
+        # No text dropout: the tiny recipes and the README's synthetic experiments were designed
+        # and measured without it (model.text.dropout_rate=0.1 gives the original's value).
         TextConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256,
-                   max_position_embeddings=64, init_std=0.07),
+                   max_position_embeddings=64, init_std=0.07, dropout_rate=0.0,
+                   attention_dropout_rate=0.0),
         embed_dim=32),
     "small": _preset(
         VisionConfig(image_size=224, patch_size=16, width=256, depth=4, num_heads=4, mlp_dim=1024),

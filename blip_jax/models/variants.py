@@ -63,12 +63,36 @@ def adapt_params(params: Mapping[str, Any], source: BlipConfig, target: BlipConf
                            f"{source.text_decoder}, itc_itm_heads={source.itc_itm_heads}); "
                            f"start from a checkpoint that has them (e.g. the pre-trained model)")
     out = {k: v for k, v in params.items() if wanted.get(k, False)}
-    vision = dict(out["vision"])
+    return _resize_positions(out, target)
+
+
+def _resize_positions(params: dict, target: BlipConfig) -> dict:
+    vision = dict(params["vision"])
     grid = target.vision.grid_size
     if vision["pos_embed"].shape[1] != 1 + grid * grid:
         vision["pos_embed"] = resize_pos_embed(np.asarray(vision["pos_embed"]), grid)
-    out["vision"] = vision
-    return out
+    return {**params, "vision": vision}
 
 
-__all__ = ["VariantError", "adapt_params"]
+def momentum_subtree(params: Mapping[str, Any]) -> dict:
+    """The parameters the momentum model copies: ViT, vision_proj, text_proj and the unimodal
+    part of the text encoder (embeddings, self-attention, FFN: no cross-attention, no decoder
+    self-attention, no LM head, which the momentum text encoder never runs)."""
+    text = params["text_encoder"]
+    unimodal = {"embeddings": text["embeddings"]}
+    for name, layer in text.items():
+        if name.startswith("layer_"):
+            unimodal[name] = {k: v for k, v in layer.items()
+                              if k not in ("crossattention", "decoder_attention")}
+    return {"vision": params["vision"], "vision_proj": params["vision_proj"],
+            "text_encoder": unimodal, "text_proj": params["text_proj"]}
+
+
+def adapt_momentum(momentum: Mapping[str, Any], target: BlipConfig) -> dict:
+    """A checkpoint's momentum-encoder params (blip_jax's momentum subtree, or an original
+    file's full `*_m` encoders) as the momentum subtree of a `target` model with ITC, the
+    position table resized like the online ViT's."""
+    return _resize_positions(momentum_subtree(momentum), target)
+
+
+__all__ = ["VariantError", "adapt_momentum", "adapt_params", "momentum_subtree"]

@@ -9,7 +9,8 @@ blip_jax/distributed.py and launch/.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from blip_jax import distributed
+from blip_jax import cli, distributed
+from blip_jax.train.defaults import check_keys
 
 FLAGS = flags.FLAGS
 distributed.define_flags()
@@ -23,10 +24,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # orbax and grain log every save/read at INFO; the progress line is what users watch.
     logging.set_verbosity(logging.WARNING)
+    cli.check_output_dir(FLAGS.workdir, "--workdir")
     distributed.initialize_from_flags()
     from blip_jax.train.trainer import train
     train(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_absl(main, config_check=check_keys)

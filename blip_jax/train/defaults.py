@@ -11,6 +11,15 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
     c.task = "pretrain"  # pretrain | caption | retrieval (which losses, see config.loss)
     c.model = model_config.preset(model_preset, **model_changes).to_dict()
     c.init_checkpoint = ""  # blip_jax checkpoint dir to start from ('' = random init)
+    # Start from ImageNet / BERT weights as the paper's pre-training does (only with
+    # init_checkpoint=''; both set is an error). Local paths, nothing is downloaded; what is
+    # loaded and what stays random is printed (blip_jax/convert/pretrained_init.py). The run
+    # keeps config.model's LayerNorm eps and says when the source's differs.
+    c.init = ml_collections.ConfigDict()
+    # HF ViT/DeiT dir, timm-layout .pth/.safetensors (DeiT's torch-hub file) or JAX ViT .npz.
+    c.init.vit = ""
+    # HF BERT dir (BertModel/BertForMaskedLM/...): text encoder, decoder self-attention, LM head.
+    c.init.bert = ""
 
     c.data = ml_collections.ConfigDict()
     c.data.data_dir = "data"
@@ -25,7 +34,10 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
     c.data.max_tokens = 30
     c.data.crop_scale = (0.2, 1.0)
     c.data.randaugment = True
-    c.data.hflip = True
+    # Horizontal flip: "plain" mirrors the image only (the original); "swap" also swaps the words
+    # left/right in the caption so that relations stay true (the synthetic data's relations need
+    # it; the tiny recipes use it); "none" never flips.
+    c.data.flip = "plain"
     c.data.workers = 2
 
     c.total_steps = 1000
@@ -38,7 +50,11 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 
     c.optim = ml_collections.ConfigDict()
-    c.optim.schedule = "step"  # step (paper: warm-up then per-epoch decay) | cosine
+    # step: the paper's pre-training (warm-up, then max(min_lr, lr * decay_rate^epoch));
+    # cosine_epoch: the original's fine-tuning (utils.cosine_lr_schedule once per epoch: constant
+    #   within an epoch, epochs = ceil(total_steps / steps_per_epoch), never reaches min_lr;
+    #   no warm-up: needs warmup_steps=0); cosine: optax per-step warm-up + cosine to min_lr.
+    c.optim.schedule = "step"
     c.optim.lr = 3e-4
     c.optim.warmup_lr = 1e-6
     c.optim.warmup_steps = 3000
@@ -57,9 +73,23 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
     c.loss.alpha = 0.4
     c.loss.alpha_ramp_epochs = 2.0
     c.loss.momentum = 0.995
+    # The momentum encoders run with dropout / drop-path, as in the original (its momentum
+    # copies are submodules of a model in train mode); False = deterministic momentum features.
+    c.loss.momentum_train_mode = True
     c.loss.queue_size = 57600
     c.loss.label_smoothing = 0.1
     c.loss.itm_negatives = "global"  # global batch | local (per data shard, as the original)
+    # ITM hard negatives are drawn with weights softmax(sim[:, :B]) + itm_negative_floor, the
+    # positive (same-id) pairs set to 0. sim is online x momentum features ("momentum": the
+    # original's pre-training, models/blip_pretrain.py, floor 1e-4) or online x online
+    # ("online": its retrieval fine-tuning, models/blip_retrieval.py, floor 0.0).
+    c.loss.itm_negative_sim = "momentum"
+    c.loss.itm_negative_floor = 1e-4
+    # ITC in-batch columns: 1 = every row sees the whole global batch (+ the queue), which does
+    # not depend on the device count; N = the batch is split into N contiguous groups and each
+    # row sees only its own group's momentum features (+ the queue) as in-batch columns and
+    # distillation targets: the original run on N GPUs. batch_size must divide by it.
+    c.loss.itc_batch_groups = 1
     c.loss.use_image_ids = False
     c.loss.prompt = ""  # captioning prompt; its tokens are excluded from the LM loss
     c.loss.grad_accum_steps = 1
@@ -78,5 +108,18 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
     c.eval.max_length = 20  # tokens, [DEC] and the prompt included (as the original counts)
     c.eval.min_length = 5
     c.eval.repetition_penalty = 1.0
+    # Beam search length normalisation: "original" (sum logprob / whole length, [DEC] and
+    # prompt included: the original BLIP's transformers 4) | "generated" (transformers 5)
+    c.eval.length_norm = "original"
     c.eval.spice = False  # SPICE needs Stanford CoreNLP models (downloaded on first use)
     return c
+
+
+def check_keys(config: ml_collections.ConfigDict) -> None:
+    """Every key check of a training/evaluation config, each error naming the valid keys: the
+    trainer's (every level but the model) and the model's. The commands run it before any
+    work, so a typo in the model keys does not first wait for the data to be written."""
+    from blip_jax.train.trainer import check_config_keys  # lazy: trainer imports this module
+
+    check_config_keys(config)
+    model_config.BlipConfig.from_dict(config.model.to_dict())

@@ -51,7 +51,7 @@ class TrainData:
             max_tokens=config.data.max_tokens, seed=config.seed,
             shard_index=jax.process_index(), shard_count=jax.process_count(),
             worker_count=config.data.workers, scale=tuple(config.data.crop_scale),
-            randaug=config.data.randaugment, flip="swap" if config.data.hflip else "none",
+            randaug=config.data.randaugment, flip=config.data.flip,
             prompt=config.loss.prompt)
 
     @property

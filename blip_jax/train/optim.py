@@ -27,8 +27,36 @@ def step_decay_schedule(init_lr: float, warmup_lr: float, warmup_steps: int, min
     return schedule
 
 
+def epoch_cosine_schedule(init_lr: float, min_lr: float, total_steps: int,
+                          steps_per_epoch: int) -> Callable[[jax.Array], jax.Array]:
+    """The original's fine-tuning schedule (utils.cosine_lr_schedule, called once at the start of
+    every epoch by train_caption.py / train_retrieval.py): in epoch e = step // steps_per_epoch,
+    lr = (init_lr - min_lr) * 0.5 * (1 + cos(pi * e / max_epoch)) + min_lr, constant within the
+    epoch, no warm-up; the last epoch runs above min_lr (min_lr is never reached).
+
+    max_epoch = ceil(total_steps / steps_per_epoch): every epoch the run starts counts, so when
+    total_steps is not a multiple of steps_per_epoch the run ends part-way through its last
+    epoch, at that epoch's lr (3.2 epochs of steps -> max_epoch 4, lrs for e = 0, 1, 2, 3)."""
+    if steps_per_epoch <= 0:
+        raise ValueError(f"the per-epoch cosine schedule needs steps_per_epoch > 0, got "
+                         f"{steps_per_epoch}")
+    max_epoch = max(1, -(-int(total_steps) // int(steps_per_epoch)))  # ceil; >= 1 for 0 steps
+
+    def schedule(step):
+        epoch = (jnp.asarray(step, jnp.int32) // steps_per_epoch).astype(jnp.float32)
+        return (init_lr - min_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * epoch / max_epoch)) + min_lr
+
+    return schedule
+
+
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int,
                   steps_per_epoch: int) -> Callable[[jax.Array], jax.Array]:
+    if cfg.schedule == "cosine_epoch":
+        if cfg.warmup_steps > 0:
+            raise ValueError(f"config.optim.schedule='cosine_epoch' has no warm-up (the original's "
+                             f"fine-tuning schedule): set config.optim.warmup_steps=0 (got "
+                             f"{cfg.warmup_steps}) or use schedule='cosine'")
+        return epoch_cosine_schedule(cfg.lr, cfg.min_lr, total_steps, steps_per_epoch)
     if cfg.schedule == "step":
         return step_decay_schedule(cfg.lr, cfg.warmup_lr, cfg.warmup_steps, cfg.min_lr,
                                    cfg.decay_rate, steps_per_epoch)
@@ -36,7 +64,8 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int,
         return optax.warmup_cosine_decay_schedule(
             cfg.warmup_lr, cfg.lr, max(cfg.warmup_steps, 0), max(total_steps, cfg.warmup_steps + 1),
             end_value=cfg.min_lr)
-    raise ValueError(f"config.optim.schedule={cfg.schedule!r}: use 'step' or 'cosine'")
+    raise ValueError(f"config.optim.schedule={cfg.schedule!r}: use 'step', 'cosine' or "
+                     f"'cosine_epoch'")
 
 
 def decay_mask(params: Any, which: str) -> Any:

@@ -13,6 +13,7 @@ import optax
 from blip_jax import parallel
 from blip_jax.models.blip import Blip
 from blip_jax.models.config import BlipConfig
+from blip_jax.models.variants import momentum_subtree
 
 
 @flax.struct.dataclass
@@ -33,20 +34,6 @@ class TrainState:
     rng: jax.Array
 
 
-def momentum_subtree(params: dict) -> dict:
-    """The parameters the momentum model copies: ViT, vision_proj, text_proj and the unimodal
-    part of the text encoder (embeddings, self-attention, FFN: no cross-attention, no decoder
-    self-attention, no LM head, which the momentum text encoder never runs)."""
-    text = params["text_encoder"]
-    unimodal = {"embeddings": text["embeddings"]}
-    for name, layer in text.items():
-        if name.startswith("layer_"):
-            unimodal[name] = {k: v for k, v in layer.items()
-                              if k not in ("crossattention", "decoder_attention")}
-    return {"vision": params["vision"], "vision_proj": params["vision_proj"],
-            "text_encoder": unimodal, "text_proj": params["text_proj"]}
-
-
 def ema_update(momentum: Any, params: dict, decay: float) -> Any:
     """theta_m <- decay * theta_m + (1 - decay) * theta, over the momentum subtree."""
     return jax.tree_util.tree_map(lambda m, p: decay * m + (1.0 - decay) * p, momentum,
@@ -60,10 +47,15 @@ def _random_queue(rng: jax.Array, size: int, dim: int) -> jax.Array:
 
 def build_state(rng: jax.Array, config: BlipConfig, tx: optax.GradientTransformation, *,
                 use_momentum: bool, queue_size: int, use_id_queue: bool,
-                params: Optional[dict] = None, boxed: bool = False) -> TrainState:
+                params: Optional[dict] = None, start: Optional[dict] = None,
+                boxed: bool = False) -> TrainState:
     """A fresh state. `params`: start from these (a converted or pre-trained checkpoint)
-    instead of random init. `boxed`: keep the logical-axis boxes (for computing shardings
+    instead of random init. `start`: what else the checkpoint carries, as the original's
+    load_checkpoint restores it: 'momentum' (the momentum subtree; default a copy of params),
+    'image_queue' / 'text_queue' [queue_size, E], 'idx_queue' [queue_size] (default random
+    unit vectors and -1 ids). `boxed`: keep the logical-axis boxes (for computing shardings
     under eval_shape)."""
+    start = start or {}
     init_rng, queue_rng, state_rng = jax.random.split(rng, 3)
     if params is None:
         size = config.vision.image_size
@@ -76,13 +68,15 @@ def build_state(rng: jax.Array, config: BlipConfig, tx: optax.GradientTransforma
     momentum = None
     image_queue = text_queue = queue_ptr = id_queue = None
     if use_momentum:
-        momentum = jax.tree_util.tree_map(lambda x: x, momentum_subtree(params))
+        momentum = jax.tree_util.tree_map(jnp.asarray,
+                                          start.get("momentum") or momentum_subtree(params))
         k1, k2 = jax.random.split(queue_rng)
-        image_queue = _random_queue(k1, queue_size, config.embed_dim)
-        text_queue = _random_queue(k2, queue_size, config.embed_dim)
+        image_queue = start.get("image_queue", _random_queue(k1, queue_size, config.embed_dim))
+        text_queue = start.get("text_queue", _random_queue(k2, queue_size, config.embed_dim))
+        image_queue, text_queue = jnp.asarray(image_queue), jnp.asarray(text_queue)
         queue_ptr = jnp.zeros((), jnp.int32)
         if use_id_queue:
-            id_queue = jnp.full((queue_size,), -1, jnp.int32)
+            id_queue = jnp.asarray(start.get("idx_queue", jnp.full((queue_size,), -1)), jnp.int32)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, momentum=momentum,
                       opt_state=tx.init(params), image_queue=image_queue, text_queue=text_queue,
                       queue_ptr=queue_ptr, id_queue=id_queue,

@@ -39,9 +39,13 @@ class LossConfig:
     alpha: float = 0.4
     alpha_ramp_steps: int = 0
     momentum: float = 0.995
+    momentum_train_mode: bool = True  # momentum encoders with dropout/drop-path (original)
     label_smoothing: float = 0.1
     use_image_ids: bool = False     # retrieval: same-id pairs are positives / not negatives
     itm_negatives: str = "global"   # or 'local': sample within each data shard
+    itm_negative_sim: str = "momentum"  # or 'online' (the original's retrieval fine-tuning)
+    itm_negative_floor: float = 1e-4    # added to the softmax (0.0 in retrieval fine-tuning)
+    itc_batch_groups: int = 1       # ITC in-batch columns per group of rows (N = N GPUs)
     prompt_length: int = 0          # LM targets to skip (captioning prompt tokens)
     grad_accum_steps: int = 1
 
@@ -66,10 +70,13 @@ def _features(m: Blip, images, ids, mask, mesh, train, with_itc: bool = True):
     return image_tokens, m.image_embed(image_tokens), m.text_embed(text_hidden)
 
 
-def _momentum_features(model: Blip, momentum, images, ids, mask):
+def _momentum_features(model: Blip, momentum, images, ids, mask, train: bool, rng):
+    """ITC features of the momentum encoders. train=True runs them with dropout / drop-path
+    as the original does (its momentum copies are submodules of a model in train mode)."""
     def fwd(m: Blip):
-        return m.image_embed(m.image_features(images)), m.text_embed(m.text_features(ids, mask))
-    feats = model.apply({"params": momentum}, method=fwd)
+        return (m.image_embed(m.image_features(images, train=train)),
+                m.text_embed(m.text_features(ids, mask, train=train)))
+    feats = model.apply({"params": momentum}, method=fwd, rngs={"dropout": rng})
     return jax.tree_util.tree_map(jax.lax.stop_gradient, feats)
 
 
@@ -90,7 +97,7 @@ def _head_losses(m: Blip, lc: LossConfig, image_tokens, image_feat, text_feat, f
         id_queue = state.id_queue if lc.use_image_ids else None
         # Rows of the ITC loss are independent given the momentum features: slice them.
         loss_i2t, loss_t2i = _itc_rows(image_feat, text_feat, feats_m, state, m.temperature(),
-                                       alpha, image_ids, id_queue, sl)
+                                       alpha, image_ids, id_queue, sl, lc.itc_batch_groups)
         out["loss_itc"] = (loss_i2t + loss_t2i) / 2 * frac
         total = total + lc.itc_weight * out["loss_itc"]
     if lc.itm_weight > 0:
@@ -123,18 +130,24 @@ def _token_share(mask, sl, prompt_length):
     return count(mask[sl]) / count(mask)
 
 
-def _itc_rows(image_feat, text_feat, feats_m, state, temp, alpha, image_ids, id_queue, sl):
+def _itc_rows(image_feat, text_feat, feats_m, state, temp, alpha, image_ids, id_queue, sl,
+              groups: int = 1):
     """(i2t, t2i) ITC losses averaged over rows `sl`; image_feat/text_feat are those rows'
-    online features, the momentum features and queues cover the whole batch."""
+    online features, the momentum features and queues cover the whole batch. `groups`
+    (itc_batch_groups) masks, per global row, the batch columns of other groups."""
     image_feat_m, text_feat_m = feats_m
     text_all = jnp.concatenate([text_feat_m, state.text_queue])
     image_all = jnp.concatenate([image_feat_m, state.image_queue])
-    batch = text_feat_m.shape[0]
-    pos = losses.itc_positive_targets(batch, state.image_queue.shape[0], image_ids, id_queue)[sl]
-    sim_i2t = image_feat @ text_all.T / temp
-    sim_t2i = text_feat @ image_all.T / temp
-    tgt_i2t = losses.itc_targets(image_feat_m[sl] @ text_all.T / temp, pos, alpha)
-    tgt_t2i = losses.itc_targets(text_feat_m[sl] @ image_all.T / temp, pos, alpha)
+    batch, queue = text_feat_m.shape[0], state.image_queue.shape[0]
+    pos = losses.itc_positive_targets(batch, queue, image_ids, id_queue, groups)[sl]
+
+    def rows(sim):  # sim [rows of sl, B+Q] -> other groups' batch columns masked
+        return losses.mask_other_groups(sim, groups, batch, sl)
+
+    sim_i2t = rows(image_feat @ text_all.T / temp)
+    sim_t2i = rows(text_feat @ image_all.T / temp)
+    tgt_i2t = losses.itc_targets(rows(image_feat_m[sl] @ text_all.T / temp), pos, alpha)
+    tgt_t2i = losses.itc_targets(rows(text_feat_m[sl] @ image_all.T / temp), pos, alpha)
     tgt_i2t, tgt_t2i = jax.lax.stop_gradient(tgt_i2t), jax.lax.stop_gradient(tgt_t2i)
     return losses.soft_cross_entropy(sim_i2t, tgt_i2t), losses.soft_cross_entropy(sim_t2i, tgt_t2i)
 
@@ -142,10 +155,11 @@ def _itc_rows(image_feat, text_feat, feats_m, state, temp, alpha, image_ids, id_
 def _sample_negatives(lc: LossConfig, rng, image_feat, text_feat, feats_m, state, temp, batch,
                       groups):
     image_feat_m, text_feat_m = feats_m
-    sim_i2t = image_feat @ text_feat_m.T / temp
-    sim_t2i = text_feat @ image_feat_m.T / temp
+    sim_i2t, sim_t2i = losses.negative_similarities(image_feat, text_feat, image_feat_m,
+                                                    text_feat_m, temp, lc.itm_negative_sim)
     ids = batch["image_id"] if lc.use_image_ids else None
-    return losses.sample_hard_negatives(rng, sim_i2t, sim_t2i, ids, groups)
+    return losses.sample_hard_negatives(rng, sim_i2t, sim_t2i, ids, groups,
+                                        lc.itm_negative_floor)
 
 
 def make_train_step(model: Blip, tx: optax.GradientTransformation, lc: LossConfig,
@@ -154,12 +168,13 @@ def make_train_step(model: Blip, tx: optax.GradientTransformation, lc: LossConfi
 
     def step_fn(state: TrainState, batch: dict):
         rng = jax.random.wrap_key_data(state.rng)
-        rng, neg_rng, drop_rng = jax.random.split(rng, 3)
+        rng, neg_rng, drop_rng, momentum_rng = jax.random.split(rng, 4)
         params = state.params
         momentum = ema_update(state.momentum, params, lc.momentum) if lc.uses_itc else None
         alpha = losses.alpha_at(state.step, lc.alpha, lc.alpha_ramp_steps)
         images, ids, mask = batch["image"], batch["text_ids"], batch["text_mask"]
-        feats_m = _momentum_features(model, momentum, images, ids, mask) if lc.uses_itc else None
+        feats_m = (_momentum_features(model, momentum, images, ids, mask, lc.momentum_train_mode,
+                                      momentum_rng) if lc.uses_itc else None)
 
         if lc.grad_accum_steps <= 1:
             def loss_fn(p):

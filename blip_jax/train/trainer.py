@@ -16,17 +16,20 @@ from typing import Any, Optional
 import jax
 import ml_collections
 import numpy as np
+import optax
+from flax import linen as nn
 from jax.experimental import multihost_utils
 
 from blip_jax import checkpoint as model_checkpoint, decoding, parallel, tokenizer as tok
-from blip_jax.models.blip import Blip
+from blip_jax.convert import pretrained_init
+from blip_jax.models.blip import Blip, abstract_params
 from blip_jax.models import variants
 from blip_jax.models.config import BlipConfig
 from blip_jax.train import optim
 from blip_jax.train.checkpointing import TrainCheckpointer
 from blip_jax.train.defaults import base_config
 from blip_jax.train.metric_writer import MetricWriter
-from blip_jax.train.state import build_state, state_shardings
+from blip_jax.train.state import TrainState, build_state, state_shardings
 from blip_jax.train.step import LossConfig, jit_train_step, make_train_step
 
 
@@ -58,11 +61,24 @@ def check_config_keys(config: ml_collections.ConfigDict) -> None:
 def loss_config(config: ml_collections.ConfigDict, steps_per_epoch: int,
                 prompt_length: int) -> LossConfig:
     lc = config.loss
+    if lc.itm_negative_sim not in ("momentum", "online"):
+        raise ValueError(f"config.loss.itm_negative_sim={lc.itm_negative_sim!r}: use momentum "
+                         f"(pre-training) or online (the original's retrieval fine-tuning)")
+    if not lc.itm_negative_floor >= 0:
+        raise ValueError(f"config.loss.itm_negative_floor={lc.itm_negative_floor!r}: use a "
+                         f"number >= 0 (1e-4 pre-training, 0.0 retrieval fine-tuning)")
+    groups = lc.itc_batch_groups
+    if not isinstance(groups, int) or groups < 1 or config.batch_size % groups:
+        raise ValueError(f"config.loss.itc_batch_groups={groups!r}: use a positive divisor of "
+                         f"config.batch_size={config.batch_size} (1 = the whole global batch)")
     return LossConfig(
         itc_weight=lc.itc_weight, itm_weight=lc.itm_weight, lm_weight=lc.lm_weight,
         alpha=lc.alpha, alpha_ramp_steps=int(round(lc.alpha_ramp_epochs * steps_per_epoch)),
-        momentum=lc.momentum, label_smoothing=lc.label_smoothing,
+        momentum=lc.momentum, momentum_train_mode=lc.momentum_train_mode,
+        label_smoothing=lc.label_smoothing,
         use_image_ids=lc.use_image_ids, itm_negatives=lc.itm_negatives,
+        itm_negative_sim=lc.itm_negative_sim, itm_negative_floor=float(lc.itm_negative_floor),
+        itc_batch_groups=groups,
         prompt_length=prompt_length, grad_accum_steps=lc.grad_accum_steps)
 
 
@@ -82,8 +98,11 @@ class Setup:
 
 
 def build(config: ml_collections.ConfigDict, steps_per_epoch: int, mesh=None,
-          init_params: Optional[dict] = None) -> Setup:
-    """Model, mesh, sharded initial state and the jitted step for `config`."""
+          init_params: Optional[dict] = None, init_start: Optional[dict] = None,
+          optimizer: Optional[optax.GradientTransformation] = None) -> Setup:
+    """Model, mesh, sharded initial state and the jitted step for `config`. `init_params` /
+    `init_start`: see `initial_params` / `initial_start`. `optimizer` replaces config.optim's
+    AdamW (tests use plain SGD, whose update is the gradient itself)."""
     model_cfg = BlipConfig.from_dict(config.model.to_dict())
     mesh = mesh or parallel.make_mesh(dict(config.mesh))
     # Captioning prompt: its tokens after [DEC] are not LM targets.
@@ -96,12 +115,14 @@ def build(config: ml_collections.ConfigDict, steps_per_epoch: int, mesh=None,
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
                          f"{parallel.batch_shards(mesh)} data x fsdp devices of the mesh")
     tx, schedule = optim.make_optimizer(config.optim, config.total_steps, steps_per_epoch)
+    tx = optimizer or tx
     model = Blip(model_cfg)
 
-    def make(rng, boxed, params=init_params):
+    def make(rng, boxed, params=init_params, start=None):
         return build_state(rng, model_cfg, tx, use_momentum=lc.uses_itc,
                            queue_size=config.loss.queue_size,
-                           use_id_queue=lc.use_image_ids, params=params, boxed=boxed)
+                           use_id_queue=lc.use_image_ids, params=params, start=start,
+                           boxed=boxed)
 
     # Logical axis names come from a (shape-only) random init, whatever the start params.
     abstract_boxed = jax.eval_shape(lambda r: make(r, True, None), jax.random.key(0))
@@ -113,7 +134,8 @@ def build(config: ml_collections.ConfigDict, steps_per_epoch: int, mesh=None,
     if init_params is None:
         state = jax.jit(lambda r: make(r, False, None), out_shardings=shardings)(key)
     else:  # params as an argument, not a closure: no multi-GB constants in the program
-        state = jax.jit(lambda r, p: make(r, False, p), out_shardings=shardings)(key, init_params)
+        state = jax.jit(lambda r, p, s: make(r, False, p, s), out_shardings=shardings)(
+            key, init_params, init_start if lc.uses_itc else None)
     groups = parallel.batch_shards(mesh) if lc.itm_negatives == "local" else 1
     if lc.itm_negatives not in ("global", "local"):
         raise ValueError(f"config.loss.itm_negatives={lc.itm_negatives!r}: use global or local")
@@ -125,6 +147,68 @@ def _finite(metrics: dict) -> bool:
     return all(math.isfinite(float(v)) for k, v in metrics.items() if k.startswith("loss"))
 
 
+def initial_params(config: ml_collections.ConfigDict) -> Optional[dict]:
+    """The parameters a run starts from: config.init_checkpoint (a blip_jax checkpoint, adapted
+    to the configured variant), or a fresh init with ImageNet ViT / BERT weights loaded
+    (config.init.vit / config.init.bert), or None (random init in `build`)."""
+    target_cfg = BlipConfig.from_dict(config.model.to_dict())
+    vit, bert = config.init.vit, config.init.bert
+    if config.init_checkpoint:
+        if vit or bert:
+            raise ValueError("config.init_checkpoint and config.init.vit/bert are both set: "
+                             "start from either a blip_jax checkpoint or ImageNet/BERT weights")
+        source_cfg, params = model_checkpoint.load_model(config.init_checkpoint)
+        # A pre-trained (tied) model becomes a captioner / retrieval model here.
+        params = variants.adapt_params(params, source_cfg, target_cfg)
+        model_checkpoint.check_params_fit(params, target_cfg,
+                                          what=f"init_checkpoint {config.init_checkpoint}")
+        return params
+    if not (vit or bert):
+        return None
+    params, _, report = pretrained_init.init_from_pretrained(target_cfg, config.seed,
+                                                             vit=vit or None, bert=bert or None)
+    if jax.process_index() == 0:
+        for line in report.lines() + report.eps_notes(target_cfg):
+            print(f"init: {line}", flush=True)
+    return params
+
+
+def initial_start(config: ml_collections.ConfigDict) -> Optional[dict]:
+    """What config.init_checkpoint carries besides params, for a run with ITC: its momentum
+    encoders and ITC queues (the original's load_checkpoint restores every entry whose shape
+    fits). Missing or mis-shaped entries start fresh (copy of params / random queues), with a
+    printed line. The queue pointer restarts at 0."""
+    if not config.init_checkpoint or not (config.loss.itc_weight > 0 or config.loss.itm_weight > 0):
+        return None
+    target_cfg = BlipConfig.from_dict(config.model.to_dict())
+    extras = model_checkpoint.load_extras(config.init_checkpoint)
+    start, notes = {}, []
+    if "momentum" in extras:
+        momentum = variants.adapt_momentum(extras["momentum"], target_cfg)
+        want = variants.momentum_subtree(
+            nn.meta.unbox(abstract_params(target_cfg)))
+        if jax.tree_util.tree_structure(momentum) == jax.tree_util.tree_structure(want) and all(
+                np.shape(a) == b.shape for a, b in zip(jax.tree_util.tree_leaves(momentum),
+                                                       jax.tree_util.tree_leaves(want))):
+            start["momentum"] = momentum
+        else:
+            notes.append("its momentum encoders do not fit the model: copying the online ones")
+    else:
+        notes.append("it has no momentum encoders: copying the online ones")
+    queue_shape = (config.loss.queue_size, target_cfg.embed_dim)
+    for name in ("image_queue", "text_queue"):
+        if name in extras and tuple(np.shape(extras[name])) == queue_shape:
+            start[name] = np.asarray(extras[name], np.float32)
+        else:
+            notes.append(f"no {name} of shape {queue_shape}: starting it random")
+    if config.loss.use_image_ids and np.shape(extras.get("idx_queue", ())) == queue_shape[:1]:
+        start["idx_queue"] = np.asarray(extras["idx_queue"]).astype(np.int32)
+    if jax.process_index() == 0:
+        for note in notes:
+            print(f"init_checkpoint {config.init_checkpoint}: {note}", flush=True)
+    return start
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs (or resumes) training; returns the last logged metrics."""
     from blip_jax.train import input as train_input  # the data stack loads only when training
@@ -132,15 +216,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_config_keys(config)
     data = train_input.TrainData(config)
     steps_per_epoch = config.steps_per_epoch or max(1, data.num_examples // config.batch_size)
-    init_params = None
-    if config.init_checkpoint:
-        source_cfg, init_params = model_checkpoint.load_model(config.init_checkpoint)
-        target_cfg = BlipConfig.from_dict(config.model.to_dict())
-        # A pre-trained (tied) model becomes a captioner / retrieval model here.
-        init_params = variants.adapt_params(init_params, source_cfg, target_cfg)
-        model_checkpoint.check_params_fit(init_params, target_cfg,
-                                          what=f"init_checkpoint {config.init_checkpoint}")
-    setup = build(config, steps_per_epoch, init_params=init_params)
+    setup = build(config, steps_per_epoch, init_params=initial_params(config),
+                  init_start=initial_start(config))
     is_main = jax.process_index() == 0
     writer = MetricWriter(workdir, config.total_steps, enabled=is_main)
     ckpt = TrainCheckpointer(workdir, config.keep_checkpoints)
@@ -204,7 +281,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 ckpt.save(step, state, iterator.get_state())
         ckpt.wait()
         if step == config.total_steps:
-            export_model(os.path.join(workdir, "model"), state.params, setup.model_config,
+            export_model(os.path.join(workdir, "model"), state, setup.model_config,
                          config.task)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -213,13 +290,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return last_logged
 
 
-def export_model(directory: str, params: Any, model_config: BlipConfig, task: str) -> None:
+def export_model(directory: str, state: TrainState, model_config: BlipConfig, task: str) -> None:
     """The trained parameters as a model checkpoint (what init_checkpoint, `evaluate`,
-    `caption` and CapFilt read). Every process takes part (orbax writes collectively)."""
+    `caption` and CapFilt read), with the momentum encoders and ITC queues as its extras (a
+    fine-tuning run starts from them). Every process takes part (orbax writes collectively)."""
+    tree = {"params": state.params}
+    if state.momentum is not None:
+        tree["extras"] = {"momentum": state.momentum, "image_queue": state.image_queue,
+                          "text_queue": state.text_queue, "queue_ptr": state.queue_ptr}
+        if state.id_queue is not None:
+            tree["extras"]["idx_queue"] = state.id_queue
     if jax.process_count() > 1:
-        params = multihost_utils.process_allgather(params, tiled=True)
-    params = jax.tree_util.tree_map(np.asarray, jax.device_get(params))
-    model_checkpoint.save_model(directory, params, model_config, source=f"blip_jax.train ({task})")
+        tree = multihost_utils.process_allgather(tree, tiled=True)
+    tree = jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+    model_checkpoint.save_model(directory, tree["params"], model_config, extras=tree.get("extras"),
+                                source=f"blip_jax.train ({task})")
     if jax.process_index() == 0:
         print(f"model written to {directory}", flush=True)
 
