@@ -103,3 +103,50 @@ def test_per_step_cosine_kept_and_errors_name_the_key():
         optim.make_schedule(optim_cfg(warmup_steps=100), total, spe)
     with pytest.raises(ValueError, match="cosine_epoch"):
         optim.make_schedule(optim_cfg("linear"), total, spe)
+
+
+def test_step_schedule_is_the_originals():
+    """Pre-training (pretrain.py:51,129; utils.py:8-17): in epoch 0 the lr is
+    min(lr, warmup_lr + (lr - warmup_lr) * i / warmup_steps) at step i; from epoch e >= 1 it
+    is max(min_lr, lr * decay_rate ** e), set once at the epoch start."""
+    c = base_config("tiny").optim
+    c.schedule, c.lr, c.warmup_lr, c.warmup_steps, c.min_lr, c.decay_rate = (
+        "step", 3e-4, 1e-6, 30, 1e-5, 0.5)
+    spe = 20  # warm-up longer than epoch 0: it stops at the epoch's end, as the original
+    sched = optim.make_schedule(c, 200, spe)
+    for step in range(200):
+        epoch, i = divmod(step, spe)
+        if epoch == 0:
+            want = min(c.lr, c.warmup_lr + (c.lr - c.warmup_lr) * i / c.warmup_steps)
+        else:
+            want = max(c.min_lr, c.lr * c.decay_rate ** epoch)
+        # float32 schedule arithmetic: a few ulp (8 eps ~ 1e-6).
+        np.testing.assert_allclose(float(sched(step)), want, rtol=1e-6, err_msg=str(step))
+
+
+def test_weight_decay_applies_to_every_parameter_by_default():
+    """The original's AdamW(model.parameters(), weight_decay=0.05) decays biases, LayerNorm
+    scales and the temperature too; "matrices" (LAVIS) is the alternative."""
+    params = {"kernel": np.ones((2, 2)), "bias": np.ones(2), "temp": np.ones(())}
+    assert base_config("tiny").optim.weight_decay_mask == "all"
+    assert all(jax.tree_util.tree_leaves(optim.decay_mask(params, "all")))
+    assert optim.decay_mask(params, "matrices") == {"kernel": True, "bias": False, "temp": False}
+
+
+def test_ema_update_is_the_originals():
+    """models/blip_pretrain.py:225-228: theta_m <- m * theta_m + (1 - m) * theta."""
+    from blip_jax.train.state import ema_update
+    rng = np.random.default_rng(0)
+    tree = lambda: {"vision": rng.normal(size=3), "vision_proj": rng.normal(size=2),
+                    "text_proj": rng.normal(size=2),
+                    "text_encoder": {"embeddings": rng.normal(size=2),
+                                     "layer_0": {"attention": rng.normal(size=2),
+                                                 "crossattention": rng.normal(size=2)}}}
+    params, momentum = tree(), tree()
+    del momentum["text_encoder"]["layer_0"]["crossattention"]  # not in the momentum model
+    out = ema_update(momentum, params, 0.995)
+    np.testing.assert_allclose(out["vision"], 0.995 * momentum["vision"] + 0.005 * params["vision"],
+                               rtol=1e-6)
+    np.testing.assert_allclose(out["text_encoder"]["layer_0"]["attention"],
+                               0.995 * momentum["text_encoder"]["layer_0"]["attention"]
+                               + 0.005 * params["text_encoder"]["layer_0"]["attention"], rtol=1e-6)
