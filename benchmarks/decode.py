@@ -77,8 +77,10 @@ def main() -> int:
     vit = jax.jit(lambda p, x: model.apply({"params": p}, x, method=Blip.image_features))
     rng = jax.random.key(0)
     ours = {
+        # transformers 5's length normalisation, so that its tokens can be checked identical.
         "beam": lambda ctx: decoding.beam_search(model, params, ctx, prefix, num_beams=NUM_BEAMS,
-                                                 max_length=MAX_LENGTH, min_length=MIN_LENGTH),
+                                                 max_length=MAX_LENGTH, min_length=MIN_LENGTH,
+                                                 length_norm="generated"),
         "nucleus": lambda ctx: decoding.nucleus_sample(model, params, ctx, prefix, rng,
                                                        top_p=TOP_P, max_length=MAX_LENGTH,
                                                        min_length=MIN_LENGTH),
@@ -147,7 +149,7 @@ def main() -> int:
            "transformers_vision_seconds_median": theirs_vit,
            "transformers_vision_seconds_all": theirs_vit_all,
            "settings": {"max_length": MAX_LENGTH, "min_length": MIN_LENGTH,
-                        "num_beams": NUM_BEAMS, "top_p": TOP_P},
+                        "num_beams": NUM_BEAMS, "top_p": TOP_P, "length_norm": "generated"},
            "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(),
            "platform": platform.platform(), "processor": platform.processor(),
            "cpu_count": os.cpu_count(), "devices": str(jax.devices()[0]),

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from blip_jax import cli, image
 from blip_jax.image import ImageError
 
 
@@ -30,9 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of nucleus sampling")
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="> 1 discourages repeated tokens (CapFilt sampling used 1.1)")
+    p.add_argument("--length-norm", choices=("original", "generated"), default="original",
+                   help="beam search: a finished caption's log-probability is divided by its "
+                        "whole length ([DEC] and prompt included, as the original BLIP's "
+                        "transformers 4 did) or by its generated length (transformers 5)")
     return p
 
 
+@cli.entry_point
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -40,23 +46,31 @@ def main(argv=None) -> int:
         parser.error(f"--beams must be >= 1 (1 = greedy), got {args.beams}")
     if not 0.0 <= args.top_p <= 1.0:
         parser.error(f"--top-p must be in [0, 1] (0 = beam search or greedy), got {args.top_p}")
-    from blip_jax.inference import Predictor  # after parsing: --help stays instant
-
-    predictor = Predictor.load(args.checkpoint)
-    paths, images, failed = [], [], []
+    # Images are opened before the checkpoint loads, so a wrong path fails at once.
+    paths, opened, failed = [], [], []
     for path in args.images:
         try:
-            images.append(predictor.load_images([path])[0])
+            opened.append(image.open_rgb(path))
             paths.append(path)
         except ImageError as e:
             failed.append(str(e))
-            print(f"skipped {e}", file=sys.stderr)
+    if not opened:
+        for message in failed:
+            print(f"error: {message}", file=sys.stderr)
+        return 1
+    for message in failed:
+        print(f"skipped {message}", file=sys.stderr)
+    from blip_jax.inference import Predictor  # after parsing: --help stays instant
+
+    predictor = Predictor.load(args.checkpoint)
+    images = [image.preprocess(img, predictor.config.vision.image_size) for img in opened]
     if images:
         import numpy as np
         texts, tokens = predictor.caption(
             np.stack(images), prompt=args.prompt, max_length=args.max_length,
             min_length=args.min_length, batch_size=args.batch_size, num_beams=args.beams,
-            top_p=args.top_p, seed=args.seed, repetition_penalty=args.repetition_penalty)
+            top_p=args.top_p, seed=args.seed, repetition_penalty=args.repetition_penalty,
+            length_norm=args.length_norm)
         for path, text, ids in zip(paths, texts, tokens):
             if args.json:
                 print(json.dumps({"image": path, "caption": text, "tokens": ids}))

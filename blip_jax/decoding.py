@@ -28,6 +28,9 @@ from blip_jax.models.blip import Blip
 _BEAM_PENALTY = -1.0e9
 
 METHODS = ("beam", "greedy", "nucleus")
+# Beam search's length normalisation (see beam_search): "original" = the transformers 4.x rule
+# the original BLIP release decoded with, "generated" = the transformers 5 rule.
+LENGTH_NORMS = ("original", "generated")
 
 
 def prompt_ids(tokenizer: tok.BlipTokenizer, prompt: str = "") -> np.ndarray:
@@ -119,11 +122,28 @@ def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
 
 
 def top_k_filter(logits: jax.Array, top_k: int) -> jax.Array:
-    """logits [..., V] with -inf below the k-th largest (ties kept); top_k 0 = no filter."""
+    """logits [..., V] with -inf below the k-th largest (ties kept); top_k 0 = no filter.
+
+    The k-th largest is found by bisection, as in top_p_filter: jax.lax.top_k sorts the whole
+    vocabulary on a CPU and made CapFilt's sampling 10x slower. The float32 logits map to int32
+    keys in the same order (negative floats' magnitude bits flipped), and the largest key t
+    with at least k keys >= t is the k-th largest, found exactly in 32 masked counts."""
     if top_k <= 0 or top_k >= logits.shape[-1]:
         return logits
-    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
-    return jnp.where(logits >= kth, logits, -jnp.inf)
+    bits = jax.lax.bitcast_convert_type(logits.astype(jnp.float32), jnp.int32)
+    keys = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+    # Invariant: count(keys >= lo) >= k; count(keys >= hi) < k.
+    lo = jnp.min(keys, axis=-1, keepdims=True)
+    hi = jnp.max(keys, axis=-1, keepdims=True) + 1  # a max key of 2^31 - 1 is a NaN: not a logit
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
+        enough = jnp.sum(keys >= mid, axis=-1, keepdims=True) >= top_k
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, 32, halve, (lo, hi))
+    return jnp.where(keys >= lo, logits, -jnp.inf)
 
 
 # -- greedy and sampling ------------------------------------------------------------------------
@@ -182,7 +202,8 @@ def nucleus_sample(model: Blip, params, context: jax.Array, prefix: jax.Array, r
     """Nucleus (top-p) sampled captions, one per row of context [B, N, C]; for N samples per
     image repeat the context rows. `rng` is a PRNG key: the same key gives the same tokens
     (step t draws with fold_in(rng, t)). `top_k` > 0 also keeps only the k most likely tokens
-    (transformers' generate defaults to 50; the CapFilt recipe is top_p 0.9 alone).
+    (transformers' generate defaults to 50, which the original CapFilt inherited: capfilt's
+    top_k).
     Returns int32 tokens [B, max_length]. Pure JAX: usable under pmap/vmap."""
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
@@ -219,20 +240,49 @@ def _gather(x: jax.Array, idx: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
+def _add_hypotheses(finished, finished_scores, is_finished, cand, scores, add):
+    """Adds the candidates cand [B, M, L] whose `add` [B, M] is set, scored `scores` [B, M], to
+    the K best finished hypotheses (a candidate enters only if it beats the worst of a full
+    set; on equal scores the earlier one stays)."""
+    k = finished.shape[1]
+    scores = scores + (~add).astype(jnp.float32) * _BEAM_PENALTY
+    merged = jnp.concatenate([finished_scores, scores], axis=1)
+    best = jax.lax.top_k(merged, k)[1]
+    return (_gather(jnp.concatenate([finished, cand], axis=1), best), _gather(merged, best),
+            _gather(jnp.concatenate([is_finished, add], axis=1), best))
+
+
 @functools.partial(jax.jit, static_argnames=("model", "num_beams", "max_length", "min_length",
-                                             "length_penalty", "repetition_penalty"))
+                                             "length_penalty", "repetition_penalty",
+                                             "length_norm"))
 def beam_search(model: Blip, params, context: jax.Array, prefix: jax.Array, *, num_beams: int = 3,
                 max_length: int = 20, min_length: int = 5, length_penalty: float = 1.0,
-                repetition_penalty: float = 1.0) -> jax.Array:
+                repetition_penalty: float = 1.0, length_norm: str = "original") -> jax.Array:
     """Beam search with [SEP] as end token; returns the best finished beam per image, int32
     tokens [B, max_length] (context [B, N, C], prefix [P] = [DEC] + prompt).
 
-    Same semantics as transformers' generate(num_beams=K, early_stopping=False): each step
-    keeps the 2K best continuations over all beams; those ending ([SEP] or max_length) among the
-    first K become finished hypotheses scored sum(logprob) / generated_length**length_penalty;
-    the K best non-ending ones continue. An image is done when its K finished hypotheses all
-    score at least the best running beam's score at the current length.
+    transformers' generate(num_beams=K, early_stopping=False): each step keeps the 2K best
+    continuations over all beams (only beam 0 live at the first step); those ending among the
+    first K become finished hypotheses (the K best are kept); the K best non-ending ones
+    continue. A finished hypothesis scores sum(logprob) / length**length_penalty, where
+    `length_norm` says what length counts and when an image is done:
+
+    - "original" (default; transformers 4.15-4.26, what the original BLIP release decoded
+      with): length = the whole sequence before [SEP], [DEC] and prompt included. At
+      max_length the K running beams (the K best non-[SEP] continuations) become hypotheses
+      of length max_length. An image is done once it has K hypotheses and the worst scores
+      at least (best candidate's sum) / (current length, before this step's token).
+    - "generated" (transformers 5): length = the generated tokens, [SEP] included, prompt
+      excluded. At max_length the ending candidates are the first K of the 2K. An image is
+      done once its K hypotheses all score at least the best running beam's sum divided by
+      its generated length.
+
+    The rule changes which beam wins (and so CIDEr); each gives the same tokens as the
+    transformers generate it names (tests/test_decoding.py).
     """
+    if length_norm not in LENGTH_NORMS:
+        raise ValueError(f"length_norm={length_norm!r}: use one of {', '.join(LENGTH_NORMS)}")
+    original = length_norm == "original"
     k, plen = num_beams, prefix.shape[0]
     tokens, logits, cache = _prompt_pass(model, params, context, prefix, max_length)
     batch, vocab = tokens.shape[0], logits.shape[-1]
@@ -245,7 +295,13 @@ def beam_search(model: Blip, params, context: jax.Array, prefix: jax.Array, *, n
     # Only beam 0 is live at first, so the first step does not pick the same token K times.
     running_scores = jnp.where(jnp.arange(k) == 0, 0.0, _BEAM_PENALTY) * jnp.ones((batch, 1))
     first_k = jnp.arange(2 * k) < k
-    norm = lambda length: jnp.float32(length - plen) ** length_penalty
+    # What a hypothesis ending at this step (its last token at position `length`) is divided
+    # by: transformers 4 stores it without its [SEP] and counts the prefix; transformers 5
+    # counts the generated tokens, the last included.
+    if original:
+        norm = lambda length: jnp.float32(length) ** length_penalty
+    else:
+        norm = lambda length: jnp.float32(length + 1 - plen) ** length_penalty
     positions = jnp.arange(max_length)
 
     def step(state, logits):
@@ -259,7 +315,10 @@ def beam_search(model: Blip, params, context: jax.Array, prefix: jax.Array, *, n
         cand_scores, flat = jax.lax.top_k(total, 2 * k)  # [B, 2K]
         origin, token = flat // vocab, (flat % vocab).astype(jnp.int32)
         cand = jnp.where(positions == length, token[..., None], _gather(running, origin))
-        ends = (token == tok.SEP_ID) | (length + 1 >= max_length)
+        last = length + 1 >= max_length
+        # "original": only [SEP] ends a candidate here; at max_length the running beams are
+        # added below. "generated": reaching max_length ends every candidate.
+        ends = token == tok.SEP_ID if original else (token == tok.SEP_ID) | last
 
         # The K best continuations that do not end keep running.
         live_scores = cand_scores + ends.astype(jnp.float32) * _BEAM_PENALTY
@@ -268,23 +327,29 @@ def beam_search(model: Blip, params, context: jax.Array, prefix: jax.Array, *, n
         rows = (jnp.arange(batch)[:, None] * k + _gather(origin, keep)).reshape(-1)
 
         # Ending candidates among the first K join the finished set if they beat its worst.
-        just_ended = ends & first_k
-        scores = cand_scores / norm(length + 1)
-        scores = scores + (~improvable)[:, None].astype(jnp.float32) * _BEAM_PENALTY
-        scores = scores + (~just_ended).astype(jnp.float32) * _BEAM_PENALTY
-        merged = jnp.concatenate([finished_scores, scores], axis=1)
-        best = jax.lax.top_k(merged, k)[1]
-        finished = _gather(jnp.concatenate([finished, cand], axis=1), best)
-        finished_scores = _gather(merged, best)
-        is_finished = _gather(jnp.concatenate([is_finished, just_ended], axis=1), best)
+        finished, finished_scores, is_finished = _add_hypotheses(
+            finished, finished_scores, is_finished, cand, cand_scores / norm(length),
+            ends & first_k & improvable[:, None])
 
-        # Can the best running beam still beat a finished one (transformers' heuristic)?
-        length = length + 1
-        best_running = running_scores[:, :1] / norm(length)
-        worst = jnp.where(is_finished, jnp.min(finished_scores, axis=1, keepdims=True),
-                          _BEAM_PENALTY)
-        improvable = improvable & jnp.any(best_running > worst, axis=1)
-        return (length, running, running_scores, finished, finished_scores, is_finished,
+        if original:
+            # Done: K hypotheses, the worst no lower than the best candidate's sum over the
+            # current length. Then, at max_length, the running beams of images not done.
+            done = jnp.all(is_finished, axis=1) & (
+                jnp.min(finished_scores, axis=1) >= cand_scores[:, 0] / norm(length))
+            improvable = improvable & ~done
+            # These are stored whole: max_length tokens.
+            at_max = jnp.broadcast_to(last & improvable[:, None], (batch, k))
+            finished, finished_scores, is_finished = _add_hypotheses(
+                finished, finished_scores, is_finished, running,
+                running_scores / jnp.float32(length + 1) ** length_penalty, at_max)
+        else:
+            # Can the best running beam (generated length: norm(length)) still beat a
+            # finished one?
+            best_running = running_scores[:, :1] / norm(length)
+            worst = jnp.where(is_finished, jnp.min(finished_scores, axis=1, keepdims=True),
+                              _BEAM_PENALTY)
+            improvable = improvable & jnp.any(best_running > worst, axis=1)
+        return (length + 1, running, running_scores, finished, finished_scores, is_finished,
                 improvable, _reorder_cache(cache, rows))
 
     def cond(state):
@@ -337,6 +402,6 @@ def caption_tokens_list(tokens: np.ndarray) -> list[list[int]]:
     return out
 
 
-__all__: Sequence[str] = ["METHODS", "beam_search", "caption_tokens_list", "generate",
-                          "greedy_decode", "init_cache", "nucleus_sample", "prompt_ids",
+__all__: Sequence[str] = ["LENGTH_NORMS", "METHODS", "beam_search", "caption_tokens_list",
+                          "generate", "greedy_decode", "init_cache", "nucleus_sample", "prompt_ids",
                           "strip_and_decode", "top_k_filter", "top_p_filter"]

@@ -39,13 +39,15 @@ class Predictor:
 
     def caption(self, images: np.ndarray, *, prompt: str = "a picture of ", max_length: int = 20,
                 min_length: int = 5, batch_size: int = 8, num_beams: int = 3, top_p: float = 0.0,
-                seed: int = 0, repetition_penalty: float = 1.0
+                seed: int = 0, repetition_penalty: float = 1.0, length_norm: str = "original"
                 ) -> tuple[list[str], list[list[int]]]:
         """Captions for normalised images [N, H, W, 3]: (texts, token ids incl. [DEC]).
 
-        Beam search with `num_beams` (1 = greedy); `top_p` > 0 switches to nucleus sampling
-        seeded by `seed` (each batch of images draws with its own key folded from it).
-        Lengths count [DEC] and the prompt, which is stripped from the texts."""
+        Beam search with `num_beams` (1 = greedy) and `length_norm` ("original": the original
+        BLIP's transformers 4 rule, "generated": transformers 5's; see decoding.beam_search);
+        `top_p` > 0 switches to nucleus sampling seeded by `seed` (each batch of images draws
+        with its own key folded from it). Lengths count [DEC] and the prompt, which is
+        stripped from the texts."""
         if not self.config.text_decoder:
             raise ValueError("this checkpoint has no text decoder (a retrieval model?): "
                              "it cannot caption; use a captioning or pre-trained checkpoint")
@@ -53,6 +55,9 @@ class Predictor:
             raise ValueError(f"num_beams must be >= 1 (1 = greedy), got {num_beams}")
         if not 0.0 <= top_p <= 1.0:
             raise ValueError(f"top_p must be in [0, 1] (0 = no sampling), got {top_p}")
+        if length_norm not in decoding.LENGTH_NORMS:
+            raise ValueError(f"length_norm must be one of {', '.join(decoding.LENGTH_NORMS)}, "
+                             f"got {length_norm!r}")
         prefix = decoding.prompt_ids(self.tokenizer, prompt)
         if len(prefix) >= max_length:
             raise ValueError(f"prompt {prompt!r} is {len(prefix)} tokens, max_length={max_length}")
@@ -61,7 +66,8 @@ class Predictor:
         if top_p > 0:
             method, options["top_p"] = "nucleus", top_p
         elif num_beams > 1:
-            method, options["num_beams"] = "beam", num_beams
+            method = "beam"
+            options.update(num_beams=num_beams, length_norm=length_norm)
         else:
             method = "greedy"
         texts, token_lists = [], []

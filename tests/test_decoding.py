@@ -3,7 +3,11 @@ weights; cached beam search equals a plain beam search over the full causal forw
 nucleus sampling and its top-p filter; the key/value cache reproduces the full causal forward;
 the caption/score commands."""
 
+import copy
+import functools
 import json
+import os
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +21,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 SMALL = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +81,8 @@ def _until_end(tokens: np.ndarray) -> np.ndarray:
 
 
 def test_beam_search_matches_transformers_generate(hf_captioner):
-    """3 beams, min length 5, max length 20 (the paper's captioning setting): identical tokens,
-    including rows that end early. (Prompts: see the full-forward beam search test.)"""
+    """length_norm="generated", 3 beams, min length 5, max length 20: the tokens of transformers
+    5's generate, including rows that end early. (With a prompt: the next test.)"""
     from blip_jax.convert import load_hf
     hf, path = hf_captioner
     config, params, _ = load_hf(path)
@@ -89,7 +94,7 @@ def test_beam_search_matches_transformers_generate(hf_captioner):
     model = Blip(config)
     ctx = model.apply({"params": params}, jnp.asarray(images), method=Blip.image_features)
     ours = np.asarray(decoding.beam_search(model, params, ctx, jnp.asarray(prefix), num_beams=3,
-                                           max_length=20, min_length=5))
+                                           max_length=20, min_length=5, length_norm="generated"))
     lengths = [len(t) for t in decoding.caption_tokens_list(ours)]
     assert min(lengths) < 20 and len(set(lengths)) > 1, f"fixture lost its early ends: {lengths}"
     # Greedy picks differ from beam search somewhere: the beams genuinely diverge.
@@ -100,31 +105,124 @@ def test_beam_search_matches_transformers_generate(hf_captioner):
     assert np.all(ours[:, ref.shape[1]:] == tok.PAD_ID)
 
 
-def _reference_beam_search(next_logp, prefix, num_beams, max_length, min_length, length_penalty):
-    """Plain Python beam search with transformers' semantics, one image; next_logp(seqs) gives
-    float64 next-token log-probs [len(seqs), V] from a full forward over each sequence."""
-    plen = len(prefix)
-    running, finished, improvable = [(0.0, list(prefix))], [], True
+def _tf426_python() -> str:
+    """The Python of the transformers 4.26 venv (.ci/run builds it and exports its path)."""
+    python = os.environ.get("BLIP_TF426_PYTHON")
+    if python:
+        assert os.path.exists(python), f"BLIP_TF426_PYTHON={python} does not exist"
+        return python
+    python = os.path.join(os.path.dirname(TESTS), ".venv-tf426", "bin", "python")
+    if not os.path.exists(python):
+        pytest.skip("no transformers 4.26 venv: set BLIP_TF426_PYTHON or build .venv-tf426 "
+                    "(python3 -m venv .venv-tf426 && .venv-tf426/bin/pip install torch==2.13.0 "
+                    "transformers==4.26.1), as .ci/run does")
+    return python
+
+
+def test_beam_search_length_norms_match_their_transformers(hf_captioner, tmp_path):
+    """The original BLIP's caption decoding, generate(sample=False, num_beams=3, max_length=20,
+    min_length=5) with prompt 'a picture of ', is transformers 4.26's generate on its
+    cross-attending decoder (tests/tf426_beam_reference.py, run under the 4.26 venv):
+    length_norm="original" gives its tokens, and length_norm="generated" those of transformers
+    5's generate with the same prompt. With [SEP]'s bias at 2.0 the original rule ends beams at
+    [SEP] at different lengths and at max_length, and the two references disagree on some
+    images, so a wrong rule fails."""
+    from blip_jax.convert import load_hf
+    python = _tf426_python()
+    hf, path = hf_captioner
+    hf = copy.deepcopy(hf)
+    config, params, _ = load_hf(path)
+    with torch.no_grad():
+        hf.text_decoder.cls.predictions.bias[tok.SEP_ID] = 2.0
+    params["text_decoder"]["lm_head"]["bias"] = jnp.asarray(
+        params["text_decoder"]["lm_head"]["bias"]).at[tok.SEP_ID].set(2.0)
+    images = _images(6, seed=1)
+    prefix = decoding.prompt_ids(tok.BlipTokenizer(), "a picture of ")
+    model = Blip(config)
+    ctx = model.apply({"params": params}, jnp.asarray(images), method=Blip.image_features)
+
+    # transformers 4.26 (the original's generate) on the decoder's weights and our image
+    # tokens, in the background while we decode.
+    state = {k[len("text_decoder."):]: v.numpy() for k, v in hf.state_dict().items()
+             if k.startswith("text_decoder.")}
+    np.savez(tmp_path / "weights.npz", **state)
+    np.savez(tmp_path / "inputs.npz", image_embeds=np.asarray(ctx), prefix=prefix)
+    text = hf.config.text_config
+    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "intermediate_size", "max_position_embeddings", "layer_norm_eps", "hidden_act")
+    (tmp_path / "config.json").write_text(json.dumps({k: getattr(text, k) for k in keys}))
+    (tmp_path / "generate.json").write_text(json.dumps(dict(
+        num_beams=3, max_length=20, min_length=5, eos_token_id=tok.SEP_ID,
+        pad_token_id=tok.PAD_ID)))
+    reference = subprocess.Popen(
+        [python, os.path.join(TESTS, "tf426_beam_reference.py"), str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        ours = {rule: np.asarray(decoding.beam_search(
+            model, params, ctx, jnp.asarray(prefix), num_beams=3, max_length=20, min_length=5,
+            length_norm=rule)) for rule in decoding.LENGTH_NORMS}
+        # transformers 5: its BLIP generate takes the prompt as [CLS] ... [SEP] ids.
+        ids = torch.from_numpy(np.append(prefix, tok.SEP_ID).astype(np.int64))[None].repeat(6, 1)
+        with torch.no_grad():
+            ref_generated = _until_end(hf.generate(
+                pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)), input_ids=ids,
+                max_length=20, min_length=5, num_beams=3, do_sample=False).numpy())
+        log = reference.communicate(timeout=600)[0]
+    finally:
+        reference.kill()
+    assert reference.returncode == 0, log
+    ref_original = np.load(tmp_path / "tokens.npy")
+
+    lengths = [len(t) for t in decoding.caption_tokens_list(ours["original"])]
+    assert min(lengths) < 20 and max(lengths) == 20, f"fixture lost its mixed ends: {lengths}"
+    assert len(set(lengths) - {20}) > 1, f"fixture lost its different [SEP] lengths: {lengths}"
+    for rule, ref in (("original", ref_original), ("generated", ref_generated)):
+        np.testing.assert_array_equal(ours[rule][:, : ref.shape[1]], ref, err_msg=rule)
+        assert np.all(ours[rule][:, ref.shape[1]:] == tok.PAD_ID), rule
+    differ = [not np.array_equal(a, b) for a, b in zip(ours["original"], ours["generated"])]
+    assert any(differ), "the two rules give the same captions: the test cannot tell them apart"
+
+
+def _reference_beam_search(next_logp, prefix, num_beams, max_length, min_length, length_penalty,
+                           length_norm):
+    """Plain Python beam search, one image, with the semantics of transformers 4.x's
+    (length_norm "original") or 5's ("generated") generate: see decoding.beam_search.
+    next_logp(seqs) gives float64 next-token log-probs [len(seqs), V] from a full forward over
+    each sequence."""
+    plen, original = len(prefix), length_norm == "original"
+    running, finished, done = [(0.0, list(prefix))], [], False
+
+    def add(score, seq, length):  # keeps the K best; on equal scores the earlier one
+        finished.append((score / length ** length_penalty, seq))
+        finished.sort(key=lambda f: -f[0])
+        del finished[num_beams:]
+
     for cur in range(plen, max_length):
         logp = next_logp([seq for _, seq in running])
         if cur < min_length:
             logp[:, tok.SEP_ID] = -np.inf
         total = np.array([score for score, _ in running])[:, None] + logp
         order = np.argsort(-total.ravel(), kind="stable")[: 2 * num_beams]
-        new_running = []
+        last, new_running = cur + 1 >= max_length, []
         for rank, flat in enumerate(order):
             beam, token = divmod(int(flat), logp.shape[1])
             score, seq = float(total.ravel()[flat]), running[beam][1] + [token]
-            if token == tok.SEP_ID or cur + 1 >= max_length:
-                if rank < num_beams and improvable:
-                    finished.append((score / (cur + 1 - plen) ** length_penalty, seq))
+            if token == tok.SEP_ID or (last and not original):
+                if rank < num_beams and not done:
+                    # transformers 4 stores the hypothesis without [SEP], prefix counted.
+                    add(score, seq, cur if original else cur + 1 - plen)
             elif len(new_running) < num_beams:
                 new_running.append((score, seq))
-        finished = sorted(finished, key=lambda f: -f[0])[:num_beams]
         running = new_running
-        best_running = running[0][0] / (cur + 1 - plen) ** length_penalty if running else -np.inf
-        improvable = len(finished) < num_beams or best_running > finished[-1][0]
-        if not improvable:
+        if original:
+            best = float(total.ravel()[order[0]]) / cur ** length_penalty
+            done = done or (len(finished) == num_beams and finished[-1][0] >= best)
+            for score, seq in (running if last and not done else []):
+                add(score, seq, cur + 1)
+        else:
+            best = running[0][0] / (cur + 1 - plen) ** length_penalty if running else -np.inf
+            done = done or (len(finished) == num_beams and not best > finished[-1][0])
+        if done:
             break
     seq = finished[0][1]
     return np.array(seq + [tok.PAD_ID] * (max_length - len(seq)), np.int32)
@@ -132,7 +230,8 @@ def _reference_beam_search(next_logp, prefix, num_beams, max_length, min_length,
 
 def test_cached_beam_search_equals_full_forward_beam_search():
     """The jitted beam search (cache expanded per beam, reordered each step) gives the tokens
-    of a plain Python beam search that recomputes the whole causal forward at every step."""
+    of a plain Python beam search that recomputes the whole causal forward at every step,
+    under both length normalisations."""
     config = preset("tiny")
     params = init_params(config, jax.random.key(3))
     # A likelier [SEP] so that some beams end before max_length.
@@ -144,20 +243,28 @@ def test_cached_beam_search_equals_full_forward_beam_search():
     # Prefix [DEC] "a picture": a prompt, as captioning uses.
     prefix, kwargs = [tok.DEC_ID, 1037, 3861], dict(num_beams=3, max_length=14, min_length=5,
                                                     length_penalty=2.0)
-    ours = np.asarray(decoding.beam_search(model, params, ctx, jnp.asarray(prefix), **kwargs))
     full = jax.jit(lambda ids, c: model.apply({"params": params}, ids, jnp.ones_like(ids), c,
                                               method=Blip.lm_logits))
-    for i in range(2):
-        def next_logp(seqs):
-            ids = np.zeros((3, kwargs["max_length"]), np.int32)  # one shape: one compile
-            for r, s in enumerate(seqs):
-                ids[r, : len(s)] = s
-            logits = np.asarray(full(jnp.asarray(ids), jnp.repeat(ctx[i:i + 1], 3, 0)),
-                                np.float64)[np.arange(len(seqs)), [len(s) - 1 for s in seqs]]
-            return logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
-                -1, keepdims=True)) - logits.max(-1, keepdims=True)
-        np.testing.assert_array_equal(ours[i], _reference_beam_search(next_logp, prefix, **kwargs))
-    assert any(tok.SEP_ID in row for row in ours.tolist())
+    ours = {}
+    for rule in decoding.LENGTH_NORMS:
+        ours[rule] = np.asarray(decoding.beam_search(model, params, ctx, jnp.asarray(prefix),
+                                                     length_norm=rule, **kwargs))
+        for i in range(2):
+            def next_logp(seqs):
+                ids = np.zeros((3, kwargs["max_length"]), np.int32)  # one shape: one compile
+                for r, s in enumerate(seqs):
+                    ids[r, : len(s)] = s
+                logits = np.asarray(full(jnp.asarray(ids), jnp.repeat(ctx[i:i + 1], 3, 0)),
+                                    np.float64)[np.arange(len(seqs)), [len(s) - 1 for s in seqs]]
+                return logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
+                    -1, keepdims=True)) - logits.max(-1, keepdims=True)
+            np.testing.assert_array_equal(
+                ours[rule][i], _reference_beam_search(next_logp, prefix, length_norm=rule,
+                                                      **kwargs), err_msg=rule)
+    # With length_penalty 2 the transformers-5 rule ends captions at [SEP] while the
+    # whole-length rule keeps them to max_length (its running beams become hypotheses there).
+    assert all(tok.SEP_ID in row for row in ours["generated"].tolist())
+    assert not any(tok.SEP_ID in row for row in ours["original"].tolist())
 
 
 def _tiny_decoder():
@@ -258,15 +365,26 @@ def test_cached_decoding_equals_full_forward():
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-4, rtol=0)
 
 
-def test_caption_and_score_commands(tmp_path, capsys):
+def test_caption_and_score_commands(tmp_path, capsys, monkeypatch):
     from blip_jax import caption, score
     from blip_jax.demo import sample_image
+    from blip_jax.evaluation import tasks
     from blip_jax.inference import Predictor
+    from blip_jax.train import defaults
     config = preset("tiny")
     ckpt = str(tmp_path / "ckpt")
     checkpoint.save_model(ckpt, init_params(config, jax.random.key(0)), config)
     img = sample_image(str(tmp_path / "a.png"))
+    seen, real_generate = [], decoding.generate
+
+    def recording_generate(*args, **options):
+        seen.append(options)
+        return real_generate(*args, **options)
+
+    monkeypatch.setattr(decoding, "generate", recording_generate)
     assert caption.main(["--checkpoint", ckpt, "--json", "--prompt", "", img, img]) == 0
+    # The default: beam search with the original BLIP's length normalisation.
+    assert (seen[0]["method"], seen[0]["length_norm"]) == ("beam", "original")
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [x["image"] for x in lines] == [img, img]
     assert lines[0]["tokens"][0] == tok.DEC_ID and 2 <= len(lines[0]["tokens"]) <= 20
@@ -300,3 +418,37 @@ def test_caption_and_score_commands(tmp_path, capsys):
     # A missing image is reported, not a crash.
     assert caption.main(["--checkpoint", ckpt, str(tmp_path / "missing.png")]) == 1
     assert "missing.png" in capsys.readouterr().err
+
+    # --length-norm / config.eval.length_norm select the transformers-5 rule (recorded here,
+    # not decoded); an unknown rule is an error.
+    monkeypatch.setattr(decoding, "generate", lambda model, params, context, prefix, **options: (
+        seen.append(options) or jnp.zeros((len(context), options["max_length"]), jnp.int32)))
+    assert caption.main(["--checkpoint", ckpt, "--length-norm", "generated", img]) == 0
+    assert (seen[-1]["method"], seen[-1]["length_norm"]) == ("beam", "generated")
+    c = defaults.base_config("tiny")
+    assert tasks.decode_options(c)["length_norm"] == "original"
+    c.eval.length_norm = "generated"
+    assert tasks.decode_options(c)["length_norm"] == "generated"
+    with pytest.raises(ValueError, match="length_norm"):
+        decoding.beam_search(None, None, jnp.zeros((1, 2, 4)), jnp.array([tok.DEC_ID]),
+                             length_norm="prompt")
+
+
+def test_top_k_filter_keeps_the_k_largest_with_ties():
+    """The bisection finds the k-th largest exactly: the kept set equals a sort's, ties with the
+    k-th kept, on random, tied, all-negative and partly -inf logits (a min-length mask)."""
+    rng = np.random.default_rng(0)
+    v = 64
+    filters = {k: jax.jit(functools.partial(decoding.top_k_filter, top_k=k)) for k in (1, 2, 5, v - 1)}
+    for trial in range(24):
+        x = rng.normal(0, 3, (3, v)).astype(np.float32)
+        if trial % 3 == 0:
+            x = np.round(x)  # ties
+        if trial % 4 == 0:
+            x[:, ::7] = -np.inf
+        if trial % 5 == 0:
+            x = -np.abs(x) - 50
+        for k, top_k in filters.items():
+            kept = np.isfinite(np.asarray(top_k(jnp.asarray(x))))
+            kth = -np.sort(-x, axis=-1)[:, k - 1:k]
+            np.testing.assert_array_equal(kept, (x >= kth) & np.isfinite(x), err_msg=f"{trial} {k}")

@@ -88,7 +88,8 @@ def decode_options(config: ml_collections.ConfigDict) -> dict:
     if e.top_p > 0:
         return dict(method="nucleus", top_p=e.top_p, **opts)
     if e.num_beams > 1:
-        return dict(method="beam", num_beams=e.num_beams, **opts)
+        return dict(method="beam", num_beams=e.num_beams,
+                    length_norm=e.get("length_norm", "original"), **opts)
     return dict(method="greedy", **opts)
 
 
