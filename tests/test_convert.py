@@ -208,8 +208,11 @@ def test_load_original_infers_the_architecture(original_file):
     assert (cfg.vision.image_size, cfg.vision.patch_size, cfg.vision.width, cfg.vision.depth,
             cfg.vision.mlp_dim) == (LOAD_SIZE, 16, want.vision.width, want.vision.depth,
                                     want.vision.mlp_dim)
-    assert dataclasses.replace(cfg.text, num_heads=want.text.num_heads,
-                               init_std=want.text.init_std) == want.text
+    # A .pth carries no dropout: inferred configs take the original's 0.1 (med_config.json).
+    assert cfg.text.dropout_rate == cfg.text.attention_dropout_rate == 0.1
+    assert dataclasses.replace(cfg.text, num_heads=want.text.num_heads, init_std=want.text.init_std,
+                               dropout_rate=want.text.dropout_rate,
+                               attention_dropout_rate=want.text.attention_dropout_rate) == want.text
     assert (cfg.tie_encoder_decoder, cfg.text_encoder, cfg.text_decoder, cfg.itc_itm_heads,
             cfg.decoder_context, cfg.embed_dim) == (True, True, True, True, "image", want.embed_dim)
 

@@ -79,6 +79,9 @@ def config_from_hf(hf: Mapping, image_size: Optional[int] = None) -> BlipConfig:
         intermediate_size=t.get("intermediate_size", 3072),
         max_position_embeddings=t.get("max_position_embeddings", 512),
         layer_norm_eps=t.get("layer_norm_eps", 1e-12),
+        # transformers' BlipTextConfig defaults (a training config sets its own)
+        dropout_rate=t.get("hidden_dropout_prob", 0.0),
+        attention_dropout_rate=t.get("attention_probs_dropout_prob", 0.0),
         init_std=t.get("initializer_range", 0.02))
     return BlipConfig(vision=vision, text=text, embed_dim=hf.get("image_text_hidden_size", 256),
                       **HF_ARCHITECTURES[arch])
@@ -133,6 +136,8 @@ def hf_config_dict(config: BlipConfig, architecture: str) -> dict:
                         "max_position_embeddings": t.max_position_embeddings,
                         "layer_norm_eps": t.layer_norm_eps, "encoder_hidden_size": v.width,
                         "initializer_range": t.init_std,
+                        "hidden_dropout_prob": t.dropout_rate,
+                        "attention_probs_dropout_prob": t.attention_dropout_rate,
                         "bos_token_id": 30522, "pad_token_id": 0, "sep_token_id": 102},
     }
 
