@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The bootstrap experiment (README's main job): pre-train on noisy web data, fine-tune a
-# captioner and a filter, CapFilt, pre-train again on the bootstrapped data, compare.
-# About 30 minutes on a 2-core CPU; rerunning with the same WORKDIR resumes.
+# The bootstrap experiment (README's main job; design in docs/bootstrap.md): pre-train on noisy
+# web data, fine-tune a captioner and a filter, CapFilt, pre-train again on the bootstrapped
+# data and on the oracle data, compare. Rerunning with the same WORKDIR resumes.
 #
-#   launch/bootstrap.sh [WORKDIR] [--reduced] [--pretrain_steps=N ...]
+#   launch/bootstrap.sh [WORKDIR] [--reduced] [--ablation --seeds 3] [--rows baseline,oracle]
 set -euo pipefail
 WORKDIR=${1:-bootstrap_run}
 [ $# -gt 0 ] && shift

@@ -240,3 +240,31 @@ def test_bad_settings_are_rejected(env, reference):
         capfilt.run(c, str(env[0] / "bad"))
     with pytest.raises(ValueError, match="threshold"):  # resuming with other settings
         capfilt.run(_config(env, output_name="ref", threshold=0.99), reference[0])
+
+
+def test_beam_decoding_writes_the_beam_search_caption(env):
+    """decoding="beam" stores for each image the caption decoding.beam_search gives on that
+    image (same prefix, lengths and repetition penalty), one per image, scored like any other."""
+    from blip_jax import decoding
+
+    workdir = str(env[0] / "beam")
+    summary = capfilt.run(_config(env, output_name="beam", decoding="beam", num_captions=1), workdir)
+    results = _results(workdir)
+    assert summary["synthetic_texts"] == N_WEB and all(len(r["synthetic"]) == 1 for r in results)
+    c = _config(env)
+    _, cap_params = checkpoint.load_model(c.captioner_checkpoint)
+    model = Blip(MICRO)
+    images = _web_batch(c.data_dir)["image"]
+    tokenizer = tok.BlipTokenizer()
+    prefix = decoding.prompt_ids(tokenizer, c.prompt)
+    context = model.apply({"params": cap_params}, images, method=Blip.image_features)
+    tokens = decoding.beam_search(model, cap_params, context, prefix, num_beams=c.num_beams,
+                                  max_length=c.max_length, min_length=c.min_length,
+                                  repetition_penalty=c.repetition_penalty)
+    expected = [tok.pre_caption(t, c.max_words) for t in
+                decoding.strip_and_decode(tokenizer, np.asarray(tokens), len(prefix))]
+    assert [r["synthetic"][0]["caption"] for r in results] == expected
+    for bad, match in ((dict(decoding="greedy"), "decoding"),
+                       (dict(decoding="beam", num_captions=2), "num_captions must be 1")):
+        with pytest.raises(capfilt.CapFiltConfigError, match=match):
+            capfilt.run(_config(env, **bad), str(env[0] / "bad_beam"))

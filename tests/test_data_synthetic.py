@@ -168,18 +168,101 @@ def test_noise_rate_and_labels_match_the_configuration():
         labels = np.array([e.noise for e in examples])
         assert (labels > 0).sum() == round(rate * 300)
         counts = np.bincount(labels, minlength=4)[1:]
-        assert counts.min() >= counts.max() - 2, counts  # the three kinds in turn
+        assert len(counts) == 3 and counts.min() >= counts.max() - 2, counts  # the three kinds in turn
         for e in examples:
             claims = parse(e.captions[0])
-            kind = synthetic.NOISE_KINDS[e.noise]
+            kind = synthetic.WEB_TEXT_KINDS[e.noise]
             world = scene_world(e.scene)
-            if kind == "clean":
+            if kind == "descriptive":
                 assert true_of(claims, world) and pre_caption(e.captions[0]).endswith(pre_caption(e.clean_caption))
             elif kind == "alt_text":
                 assert not claims["objects"] and not claims["count"], e.captions
             else:  # another image's caption, or one attribute changed: names shapes, but is false here
                 assert claims["objects"] and not true_of(claims, world), (kind, e.captions, e.scene)
                 assert true_of(parse(e.clean_caption), world)
+
+
+WEB_PREFIXES = ("photo of ", "image of ", "picture of ")  # synthetic.web_style's
+
+
+def _strip_web_style(text: str) -> str:
+    text = pre_caption(text).rstrip(" ,!")
+    for prefix in WEB_PREFIXES:
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
+
+
+def test_web_text_model_rates_kinds_and_truth():
+    """Every kind at its documented rate (noise kinds share noise_rate in turn, nondescript
+    kinds share nondescript_rate), true kinds true of their image and the false ones false, by
+    synthetic.is_true on the parsed text and, for the nondescript kinds, by what the decoded
+    pixels show."""
+    n, noise, vague = 420, 0.35, 0.45
+    cfg = synthetic.SyntheticConfig(num_images=n, noise_rate=noise, nondescript_rate=vague, seed=5)
+    examples = list(synthetic.generate(cfg, "train_web"))
+    counts = {k: 0 for k in synthetic.WEB_TEXT_KINDS}
+    for e in examples:
+        counts[synthetic.WEB_TEXT_KINDS[e.noise]] += 1
+    # The three noise kinds get round(0.35 * 420) = 147 = 49 each, the nondescript 189 = 63 each;
+    # other_caption falls back to wrong_attribute only when no other caption is false here.
+    assert sum(counts[k] for k in synthetic.NOISE_KINDS) == round(noise * n)
+    assert all(counts[k] == round(vague * n) // 3 for k in synthetic.NONDESCRIPT_KINDS), counts
+    assert counts["descriptive"] == n - round(noise * n) - round(vague * n)
+    assert abs(counts["other_caption"] - 49) <= 2 and counts["alt_text"] == 49, counts
+    seen_forms = set()
+    for e in examples:
+        kind, text = synthetic.WEB_TEXT_KINDS[e.noise], _strip_web_style(e.captions[0])
+        caption = synthetic.parse_caption(text)
+        if kind == "alt_text":
+            assert caption is None, text  # claims nothing the grammar can read
+            continue
+        assert caption is not None, (kind, text)
+        assert synthetic.is_true(caption, e.scene) == (kind in synthetic.TRUE_KINDS), (kind, text, e.scene)
+        if kind not in synthetic.NONDESCRIPT_KINDS:
+            continue
+        seen = measure(decode(e.image_bytes()))  # colour -> kind / size / centroid, background
+        colors = {m.color for m in caption.mentions if m.color}
+        kinds = {m.kind for m in caption.mentions if m.kind}
+        assert colors <= set(seen["objects"]) and kinds <= {o["kind"] for o in seen["objects"].values()}, \
+            (text, seen)
+        for m in caption.mentions:  # a named colour and kind belong to one shape
+            if m.color and m.kind:
+                assert seen["objects"][m.color]["kind"] == m.kind, (text, seen)
+        if caption.count is not None:
+            assert caption.count == len(seen["objects"]), (text, seen)
+        if caption.background is not None:
+            assert caption.background == seen["background"], (text, seen)
+        # nondescript: at most one full colour + kind mention, never a relation
+        assert not caption.relations and sum(bool(m.color and m.kind) for m in caption.mentions) <= 1
+        seen_forms.add((kind, bool(colors), bool(kinds), caption.count is not None,
+                        caption.background is not None))
+    assert len(seen_forms) == 6, seen_forms  # partial 1, hypernym 3, one_attribute 2 forms
+
+
+def test_parse_caption_reads_the_language_and_rejects_the_rest():
+    cfg = synthetic.SyntheticConfig(num_images=60, seed=2)
+    for split in ("train_clean", "val"):
+        for ex in synthetic.generate(cfg, split):
+            for text in ex.captions:
+                caption = synthetic.parse_caption(text)
+                assert caption is not None and synthetic.is_true(caption, ex.scene), text
+    scene = synthetic.Scene(96, "gray", (1.0, 0.0, 0.0), 0, (
+        synthetic.Shape("circle", "red", "large", 20.0, 50.0, 15.0),
+        synthetic.Shape("square", "blue", "small", 75.0, 50.0, 9.0)))
+    truth = {"a big red circle to the left of a small blue square": True,
+             "a red circle is right of a blue square": False,
+             "a red circle and a red circle": False,  # two mentions claim two shapes
+             "two shapes, a red shape and a blue square": True,
+             "three shapes": False, "shapes on a gray background": True,
+             "a shape on a pink background": False, "blue": True, "star": False,
+             "the red circle left of the blue square": True}
+    for text, expected in truth.items():
+        caption = synthetic.parse_caption(text)
+        assert caption is not None and synthetic.is_true(caption, scene) == expected, text
+    for text in ("a red circle near a blue square", "a red circle above", "red circle",
+                 "a picture of a red circle", "blue square", "", "stock photo"):
+        assert synthetic.parse_caption(text) is None, text
 
 
 def test_tfds_dataset_splits_and_noise_labels(tmp_path, capsys):
@@ -209,5 +292,7 @@ def test_tfds_dataset_splits_and_noise_labels(tmp_path, capsys):
 def test_config_validation():
     with pytest.raises(ValueError, match="noise_rate must be in"):
         synthetic.SyntheticConfig(noise_rate=1.5)
+    with pytest.raises(ValueError, match="nondescript_rate must be in"):
+        synthetic.SyntheticConfig(noise_rate=0.6, nondescript_rate=0.5)
     with pytest.raises(ValueError, match="image_size must be >= 32"):
         synthetic.SyntheticConfig(image_size=16)

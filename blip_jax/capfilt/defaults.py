@@ -7,7 +7,8 @@ import ml_collections
 # What a result depends on: a restart must use the same values (per_device_batch, workers and
 # the device count are free to change, results do not depend on them).
 RESULT_KEYS = ("data_dir", "sources", "synthetic_num_images", "synthetic_noise_rate",
-               "synthetic_seed", "captioner_checkpoint", "filter_checkpoint", "num_captions",
+               "synthetic_nondescript_rate", "synthetic_seed", "synthetic_clean_images",
+               "synthetic_eval_images", "decoding", "num_beams", "captioner_checkpoint", "filter_checkpoint", "num_captions",
                "top_p", "top_k", "temperature", "repetition_penalty", "prompt", "min_length", "max_length",
                "threshold", "seed", "records_per_shard", "max_words", "max_tokens",
                "output_name", "output_data_dir")
@@ -26,7 +27,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.sources = [("synthetic", "train_web")]
     c.synthetic_num_images = 4000
     c.synthetic_noise_rate = 0.4
+    c.synthetic_nondescript_rate = 0.0
     c.synthetic_seed = 0
+    c.synthetic_clean_images = 0  # 0 = the default fraction (as the trainer's data.synthetic_*)
+    c.synthetic_eval_images = 0
     c.max_words = 30   # pre_caption word limit for web and synthetic texts (as pre-training data)
     c.max_tokens = 35  # filter text length in tokens, [ENC] and [SEP] included
     c.workers = 0      # grain worker processes decoding images (0: in the main process)
@@ -36,7 +40,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.filter_checkpoint = ""     # blip_jax checkpoint dir with a text encoder and the ITM head
 
     # -- captioning: nucleus sampling as in the original CapFilt ------------------------------------
-    c.num_captions = 1           # synthetic captions per image
+    # "nucleus" (the paper's CapFilt) or "beam" (num_beams, the paper's Table 2 comparison: one
+    # caption per image, the most likely, less diverse); repetition_penalty, min/max_length and
+    # the prompt apply to both, top_p/top_k/temperature/seed to nucleus only.
+    c.decoding = "nucleus"
+    c.num_beams = 3
+    c.num_captions = 1           # synthetic captions per image (beam: must be 1)
     c.top_p = 0.9
     # The original sampled with transformers 4.15's generate, which also applies its default
     # top-k 50 before top-p; 0 = top-p alone.
@@ -76,6 +85,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         (bool(config.filter_checkpoint), "filter_checkpoint is empty: give a checkpoint dir with "
                                          "a text encoder and the ITM head"),
         (config.num_captions >= 1, f"num_captions={config.num_captions}: must be >= 1"),
+        (config.decoding in ("nucleus", "beam"), f"decoding={config.decoding!r}: must be "
+                                                 "'nucleus' or 'beam'"),
+        (config.decoding != "beam" or (config.num_captions == 1 and config.num_beams >= 1),
+         f"decoding='beam' gives one caption per image: num_captions must be 1 (got "
+         f"{config.num_captions}) and num_beams >= 1 (got {config.num_beams})"),
         (0.0 < config.top_p <= 1.0, f"top_p={config.top_p}: must be in (0, 1]"),
         (config.top_k >= 0, f"top_k={config.top_k}: must be >= 0 (0 = off)"),
         (config.temperature > 0, f"temperature={config.temperature}: must be > 0"),

@@ -108,6 +108,8 @@ class SampleOptions:
     repetition_penalty: float
     seed: int
     num_captions: int
+    decoding: str = "nucleus"  # or "beam"
+    num_beams: int = 3
 
 
 def _step_a(cap: Blip, fil: Blip, opts: SampleOptions, cap_params, fil_params, images, web_ids,
@@ -123,8 +125,13 @@ def _step_a(cap: Blip, fil: Blip, opts: SampleOptions, cap_params, fil_params, i
             temperature=opts.temperature, max_length=opts.max_length,
             min_length=opts.min_length, repetition_penalty=opts.repetition_penalty)[0]
 
-    keys = sample_keys(opts.seed, index, opts.num_captions)
-    tokens = jax.vmap(jax.vmap(one, in_axes=(None, 0)))(context, keys)
+    if opts.decoding == "beam":  # one caption per image, the beam's best: [B, 1, max_length]
+        tokens = decoding.beam_search(
+            cap, cap_params, context, prefix, num_beams=opts.num_beams, max_length=opts.max_length,
+            min_length=opts.min_length, repetition_penalty=opts.repetition_penalty)[:, None]
+    else:
+        keys = sample_keys(opts.seed, index, opts.num_captions)
+        tokens = jax.vmap(jax.vmap(one, in_axes=(None, 0)))(context, keys)
     image_tokens = fil.apply({"params": fil_params}, images, method=Blip.image_features)
     web = _match_probability(fil, fil_params, web_ids.at[:, 0].set(tok.ENC_ID), web_mask,
                              image_tokens)
@@ -157,7 +164,8 @@ class Steps:
                                   int(config.top_k),
                                   float(config.temperature), int(config.max_length),
                                   int(config.min_length), float(config.repetition_penalty),
-                                  int(config.seed), int(config.num_captions))
+                                  int(config.seed), int(config.num_captions),
+                                  str(config.decoding), int(config.num_beams))
         self.max_words, self.max_tokens = config.max_words, config.max_tokens
         self.models = models
         mesh = Mesh(np.array(self.devices), ("devices",))
@@ -218,9 +226,7 @@ def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
 def resolve_sources(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
     """(TFDS name, split) pairs; the "synthetic" alias names the configured synthetic dataset."""
     from blip_jax.data import prepare
-    synthetic = prepare.synthetic_dataset_name(
-        num_images=config.synthetic_num_images, noise_rate=config.synthetic_noise_rate,
-        seed=config.synthetic_seed)
+    synthetic = prepare.synthetic_dataset_name(**prepare.synthetic_kwargs(config))
     return [(synthetic if name == "synthetic" else name, split) for name, split in config.sources]
 
 
@@ -346,7 +352,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     devices: the local devices to pmap over (default: all of this process's devices)."""
     from blip_jax.capfilt.dataset import BlipCapfilt, write_dataset
     from blip_jax.data.sources import RecordSource
-    from blip_jax.data.synthetic import NOISE_KINDS
+    from blip_jax.data.synthetic import IS_NOISE, WEB_TEXT_KINDS
 
     check_config(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -367,7 +373,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
         multihost_utils.sync_global_devices("blip_jax_capfilt_shards_done")
 
     records = output.load_results(workdir, total, plan.count, config.records_per_shard)
-    summary = output.summarize(records, NOISE_KINDS)
+    summary = output.summarize(records, WEB_TEXT_KINDS, IS_NOISE)
     rate = stats["timed_images"] / stats["seconds"] if stats["seconds"] else None
     summary_path = os.path.join(workdir, output.SUMMARY_FILE)
     if rate is None and os.path.exists(summary_path):  # a rerun of a finished job keeps its figure

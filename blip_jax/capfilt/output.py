@@ -161,9 +161,12 @@ def _pct(a: int, b: int) -> float | None:
     return 100.0 * a / b if b else None
 
 
-def summarize(records: Sequence[Mapping[str, Any]], noise_names: Sequence[str] = ()) -> dict[str, Any]:
-    """Counts and kept fractions; with ground-truth noise labels (>= 0; 0 = clean) the filter's
-    precision (removed web texts that were noisy) and recall (noisy web texts removed)."""
+def summarize(records: Sequence[Mapping[str, Any]], noise_names: Sequence[str] = (),
+              is_noise: Sequence[bool] | None = None) -> dict[str, Any]:
+    """Counts and kept fractions; with ground-truth text-kind labels (>= 0) the filter's
+    precision (removed web texts that were noise) and recall (noise web texts removed), overall
+    and per kind. is_noise[label] says which labels are noise (default: every label but 0)."""
+    noisy_label = (lambda k: bool(is_noise[k])) if is_noise is not None else (lambda k: k > 0)
     valid = [r for r in records if r["valid"]]
     web_kept = sum(r["web"]["kept"] for r in valid)
     synth = [s for r in valid for s in r["synthetic"]]
@@ -178,8 +181,8 @@ def summarize(records: Sequence[Mapping[str, Any]], noise_names: Sequence[str] =
     labelled = [r for r in valid if r["noise"] >= 0]
     if labelled:
         removed = [r for r in labelled if not r["web"]["kept"]]
-        noisy = [r for r in labelled if r["noise"] > 0]
-        hits = sum(r["noise"] > 0 for r in removed)
+        noisy = [r for r in labelled if noisy_label(r["noise"])]
+        hits = sum(noisy_label(r["noise"]) for r in removed)
         out["filter"] = {
             "labelled_web_texts": len(labelled), "noisy": len(noisy), "removed": len(removed),
             "precision": hits / len(removed) if removed else None,

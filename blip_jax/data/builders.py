@@ -190,7 +190,7 @@ class BlipSynthetic(_ImageTextBuilder, skip_registration=True):
 
     def _features(self) -> dict[str, Any]:
         return {**_base_features(),
-                "noise": tfds.features.ClassLabel(names=synthetic.NOISE_KINDS),  # for scoring CapFilt only
+                "noise": tfds.features.ClassLabel(names=synthetic.WEB_TEXT_KINDS),  # text kind: scores CapFilt
                 "clean_caption": tfds.features.Text(),
                 "scene": tfds.features.Text()}
 
@@ -200,7 +200,7 @@ class BlipSynthetic(_ImageTextBuilder, skip_registration=True):
     def _examples(self, split: str) -> Iterator[dict[str, Any]]:
         for ex in synthetic.generate(self.cfg, split):
             if split == "train_web":
-                kind = synthetic.NOISE_KINDS[ex.noise]
+                kind = synthetic.WEB_TEXT_KINDS[ex.noise]
                 self.noise_counts[kind] = self.noise_counts.get(kind, 0) + 1
             data = ex.image_bytes()
             base = {"image": data, "image_id": ex.image_id, "image_path": ex.image_path, "noise": ex.noise,

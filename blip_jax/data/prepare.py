@@ -93,6 +93,17 @@ def make_builder(source: str, data_dir: str, *, annotations: Sequence[str] = (),
     return cls(data_dir=data_dir, annotations=annotations[0], image_root=image_root, verify_images=verify_images)
 
 
+def synthetic_kwargs(config: Any, prefix: str = "synthetic_") -> dict[str, Any]:
+    """SyntheticConfig arguments from a config's `<prefix><field>` keys (num_images, noise_rate,
+    nondescript_rate, seed, clean_images, eval_images; 0 sizes = the default fractions)."""
+    out = {}
+    for field in ("num_images", "noise_rate", "nondescript_rate", "seed", "clean_images", "eval_images"):
+        if prefix + field in config:
+            value = config[prefix + field]
+            out[field] = None if field.endswith("_images") and field != "num_images" and not value else value
+    return out
+
+
 def synthetic_dataset_name(**kwargs: Any) -> str:
     """The name ensure_synthetic(data_dir, **kwargs) returns, without writing anything."""
     return f"blip_synthetic/{synthetic.SyntheticConfig(**kwargs).name}"
@@ -116,7 +127,7 @@ def summary(report: dict[str, Any]) -> str:
     for split, s in report["splits"].items():
         lines.append(f"  {split}: {s['records']} records, {s['images']} images")
     if "noise_counts" in report:
-        lines.append(f"  train_web caption noise: {report['noise_counts']}")
+        lines.append(f"  train_web text kinds: {report['noise_counts']}")
     skipped = report["skipped"]
     if skipped:
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(report["skip_counts"].items()))
@@ -140,7 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--image_root", help="folder the annotation image paths are relative to")
     p.add_argument("--name", help="json: dataset config name (default: the first annotation file's stem)")
     p.add_argument("--num_images", type=int, default=10000, help="synthetic: train_web images")
-    p.add_argument("--noise_rate", type=float, default=0.4, help="synthetic: noisy fraction of train_web")
+    p.add_argument("--noise_rate", type=float, default=0.4,
+                   help="synthetic: fraction of train_web texts not true of their image")
+    p.add_argument("--nondescript_rate", type=float, default=0.0,
+                   help="synthetic: fraction of train_web texts true but nondescript")
+    p.add_argument("--clean_images", type=int, default=None,
+                   help="synthetic: train_clean images (default num_images // 5)")
+    p.add_argument("--eval_images", type=int, default=None,
+                   help="synthetic: val and test images each (default num_images // 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image_size", type=int, default=96, help="synthetic: rendered side in pixels")
     p.add_argument("--overwrite", action="store_true", help="rebuild a dataset that already exists")
@@ -150,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     kwargs: dict[str, Any] = {}
     if args.source == "synthetic":
         kwargs = dict(num_images=args.num_images, noise_rate=args.noise_rate, seed=args.seed,
-                      image_size=args.image_size)
+                      image_size=args.image_size, nondescript_rate=args.nondescript_rate,
+                      clean_images=args.clean_images, eval_images=args.eval_images)
     cli.check_output_dir(args.data_dir, "--data_dir")
     builder = make_builder(args.source, args.data_dir, annotations=args.annotations,
                            image_root=args.image_root, name=args.name,

@@ -1,11 +1,17 @@
 """Built-in synthetic image-caption data: rendered shape scenes with captions true of the image,
-and a noisy web-like split whose corrupted captions carry their ground-truth noise label.
+and a web-like split whose texts carry the ground-truth kind of text they are (WEB_TEXT_KINDS).
 
 A scene has one to three shapes (5 kinds, 8 colours, 2 sizes) on one of 6 gradient backgrounds.
 Colours are unique within a scene, so every caption can name an object by colour. Captions say
 what is in the picture, and often the size, the background, the count and how two shapes lie
 ("a large red circle to the left of a small blue square"): a model has to look at colour, shape,
 size and position. Everything is a pure function of (seed, split, index): same seed, same data.
+
+The web split's text model (docs/bootstrap.md says why each kind mirrors real alt text): a
+fraction `noise_rate` of the images get a text that is not true of them (another image's caption,
+generic alt text, a caption with one wrong attribute), a fraction `nondescript_rate` a text that is
+true but says little (one of several shapes, "a red shape" / "two shapes", a single word), the
+rest a fully descriptive caption. Every kind is assigned to exactly round(rate * n) images.
 
 Relations are stated only when the two centres are at least RELATION_MARGIN of the image apart
 along the dominant axis, so they survive small rotations and shears; mirroring the image makes
@@ -47,7 +53,14 @@ RELATION_WORDS = {
     "below": ("below", "under", "beneath"),
 }
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
-NOISE_KINDS = ("clean", "other_caption", "alt_text", "wrong_attribute")
+# The kind of each train_web text, stored as its integer label (the dataset's "noise" feature).
+# The order keeps the labels of datasets written before the nondescript kinds existed.
+WEB_TEXT_KINDS = ("descriptive", "other_caption", "alt_text", "wrong_attribute",
+                  "partial", "hypernym", "one_attribute")
+NOISE_KINDS = ("other_caption", "alt_text", "wrong_attribute")     # not true of the image
+NONDESCRIPT_KINDS = ("partial", "hypernym", "one_attribute")       # true, but say little
+TRUE_KINDS = ("descriptive",) + NONDESCRIPT_KINDS
+IS_NOISE = tuple(k in NOISE_KINDS for k in WEB_TEXT_KINDS)  # per label: counts as noise for a filter
 # Generic web alt text; none names a colour, a shape or a size, so none is true of a scene.
 ALT_TEXTS = (
     "free download hd wallpaper", "stock photo", "image may contain text", "click to enlarge",
@@ -166,10 +179,14 @@ def encode_jpeg(img: Image.Image, quality: int = 92) -> bytes:
 
 @dataclasses.dataclass(frozen=True)
 class Mention:
-    color: str
-    kind: str
+    color: str | None         # None: colour not stated ("a shape", "a star")
+    kind: str | None          # None: the hypernym "shape"
     size: str | None = None   # None: size not stated
     size_word: str = ""
+
+    def words(self, definite: bool = False) -> str:
+        return " ".join(w for w in (self.size_word if not definite else "", self.color or "",
+                                    self.kind or "shape") if w)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,12 +209,13 @@ class Caption:
     @property
     def text(self) -> str:
         def np_(i: int, definite: bool = False) -> str:
-            m = self.mentions[i]
-            words = " ".join(w for w in (m.size_word if not definite else "", m.color, m.kind) if w)
+            words = self.mentions[i].words(definite)
             article = "the" if definite else ("an" if words[0] in "aeiou" else "a")
             return f"{article} {words}"
         fields = {f"m{i}": np_(i) for i in range(len(self.mentions))}
         fields.update({f"d{i}": np_(i, definite=True) for i in range(len(self.mentions))})
+        # {b0}: the bare word of a one-attribute text ("red", "star")
+        fields.update({f"b{i}": m.color or m.kind or "shape" for i, m in enumerate(self.mentions)})
         fields.update({f"r{i}": r.phrase for i, r in enumerate(self.relations)})
         return self.template.format(bg=self.background, **fields)
 
@@ -258,8 +276,8 @@ def is_true(caption: Caption, scene: Scene) -> bool:
         return False
     if caption.background is not None and caption.background != scene.background:
         return False
-    options = [[s for s in scene.shapes if s.color == m.color and s.kind == m.kind and m.size in (None, s.size)]
-               for m in caption.mentions]
+    options = [[s for s in scene.shapes if m.color in (None, s.color) and m.kind in (None, s.kind)
+                and m.size in (None, s.size)] for m in caption.mentions]
 
     def holds(assign: list[Shape]) -> bool:
         for r in caption.relations:
@@ -275,6 +293,79 @@ def is_true(caption: Caption, scene: Scene) -> bool:
         return any(search(i + 1, assign + [s]) for s in options[i] if s not in assign)
 
     return search(0, [])
+
+
+_SIZE_OF = {w: size for size, words in SIZE_WORDS.items() for w in words}
+_REL_OF = {phrase: rel for rel, phrases in RELATION_WORDS.items() for phrase in phrases}
+_COUNT_OF = {"one shape": 1, "a single shape": 1, "two shapes": 2, "three shapes": 3}
+
+
+def _alternatives(words) -> str:
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+
+
+_PIECE = re.compile(
+    rf"\b(?:(?:on )?a (?P<bg>{_alternatives(BACKGROUNDS)}) background"
+    rf"|(?P<count>{_alternatives(_COUNT_OF)})"
+    rf"|(?P<art>a|an|the) (?:(?P<size>{_alternatives(_SIZE_OF)}) )?(?:(?P<color>{_alternatives(COLORS)}) )?"
+    rf"(?P<kind>{_alternatives(SHAPES + ('shape',))})"
+    rf"|(?:is )?(?P<rel>{_alternatives(_REL_OF)})"
+    rf"|(?P<bare>{_alternatives(tuple(COLORS) + SHAPES)})"
+    rf"|(?P<filler>there is|in the picture|and|with|shapes))\b")
+
+
+def parse_caption(text: str) -> Caption | None:
+    """The claims of a caption in this data's language (any template above, and texts a
+    captioner trained on it writes), or None when some word falls outside that language.
+
+    Lower-cased, '.!?' and the like ignored, commas allowed between phrases. A definite mention
+    ("the blue square") refers back to the earlier mention of that colour and kind. The result
+    feeds is_true; its template is not meant for rendering.
+    """
+    text = re.sub(r"[.!?\"()*#:;~]", " ", text.lower())
+    mentions: list[Mention] = []
+    relations: list[Relation] = []
+    count = background = bare = None
+    pending: tuple[int, str, str] | None = None  # (mention a, rel, phrase) awaiting mention b
+    last, end = None, 0
+    for m in _PIECE.finditer(text):
+        if text[end:m.start()].strip(" ,"):
+            return None  # a word outside the grammar
+        end = m.end()
+        if m["bg"]:
+            background = m["bg"]
+        elif m["count"]:
+            count = _COUNT_OF[m["count"]]
+        elif m["kind"]:
+            color, kind = m["color"], None if m["kind"] == "shape" else m["kind"]
+            index = None
+            if m["art"] == "the":
+                index = next((i for i, x in enumerate(mentions) if (x.color, x.kind) == (color, kind)), None)
+            if index is None:
+                size = _SIZE_OF.get(m["size"] or "")
+                mentions.append(Mention(color, kind, size, m["size"] or ""))
+                index = len(mentions) - 1
+            if pending is not None:
+                relations.append(Relation(pending[0], pending[1], index, pending[2]))
+                pending = None
+            last = index
+        elif m["rel"]:
+            if last is None or pending is not None:
+                return None
+            pending = (last, _REL_OF[m["rel"]], m["rel"])
+        elif m["bare"]:
+            if bare is not None:
+                return None
+            bare = m["bare"]
+    if text[end:].strip(" ,") or pending is not None:
+        return None
+    if bare is not None:  # a one-word text and nothing else
+        if mentions or count or background:
+            return None
+        mentions = [Mention(bare, None) if bare in COLORS else Mention(None, bare)]
+    if not (mentions or count or background):
+        return None
+    return Caption(text, tuple(mentions), tuple(relations), count, background)
 
 
 def wrong_attribute(caption: Caption, scene: Scene, rng: np.random.Generator) -> Caption | None:
@@ -306,6 +397,47 @@ def wrong_attribute(caption: Caption, scene: Scene, rng: np.random.Generator) ->
     return None
 
 
+_COUNT_WORDS = {1: "a single shape", 2: "two shapes", 3: "three shapes"}
+
+
+def partial(scene: Scene, rng: np.random.Generator) -> Caption:
+    """True but partial, like alt text naming only the product in a busy photo: one shape
+    (colour and kind, the size half the time), nothing about the others or the layout."""
+    s = scene.shapes[int(rng.integers(len(scene.shapes)))]
+    stated = rng.random() < 0.5
+    m = Mention(s.color, s.kind, s.size if stated else None,
+                str(rng.choice(SIZE_WORDS[s.size])) if stated else "")
+    return Caption(str(rng.choice(["{m0}", "there is {m0}", "{m0} in the picture"])), (m,))
+
+
+def hypernym(scene: Scene, rng: np.random.Generator) -> Caption:
+    """True but vague, like "a dog" for a golden retriever on a beach: the category "shape"
+    for the kinds ("a red shape and a blue shape"), or only how many shapes, or only the
+    background."""
+    n, form = len(scene.shapes), int(rng.integers(3))
+    if form == 0:
+        order = [int(i) for i in rng.permutation(n)]
+        mentions = tuple(Mention(scene.shapes[i].color, None) for i in order)
+        template = {1: "{m0}", 2: "{m0} and {m1}", 3: "{m0}, {m1} and {m2}"}[n]
+        return Caption(template, mentions)
+    if form == 1:
+        return Caption(_COUNT_WORDS[n], count=n)
+    if n == 1:
+        return Caption("{m0} on a {bg} background", (Mention(None, None),), background=scene.background)
+    return Caption("shapes on a {bg} background", background=scene.background)
+
+
+def one_attribute(scene: Scene, rng: np.random.Generator) -> Caption:
+    """One true word, like the single-noun alt text "sunset" or "shoes": the colour or the
+    kind of one shape."""
+    s = scene.shapes[int(rng.integers(len(scene.shapes)))]
+    m = Mention(s.color, None) if rng.random() < 0.5 else Mention(None, s.kind)
+    return Caption("{b0}", (m,))
+
+
+NONDESCRIPT = {"partial": partial, "hypernym": hypernym, "one_attribute": one_attribute}
+
+
 def web_style(text: str, rng: np.random.Generator) -> str:
     """Web-like surface noise that keeps the meaning (case, punctuation, a prefix); pre_caption
     undoes most of it."""
@@ -326,17 +458,21 @@ def web_style(text: str, rng: np.random.Generator) -> str:
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
     num_images: int = 10000         # train_web images (one caption each)
-    noise_rate: float = 0.4         # fraction of train_web captions replaced by noise
+    noise_rate: float = 0.4         # fraction of train_web texts not true of the image (NOISE_KINDS)
     seed: int = 0
     image_size: int = 96            # rendered side; shapes stay visible at the tiny 64 px input
     clean_images: int | None = None  # train_clean images (5 captions each); default num_images // 5
     eval_images: int | None = None   # val and test images each (5 references); default num_images // 10
+    nondescript_rate: float = 0.0    # fraction of train_web texts true but nondescript (NONDESCRIPT_KINDS)
 
     def __post_init__(self) -> None:
         if self.num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {self.num_images}")
         if not 0.0 <= self.noise_rate <= 1.0:
             raise ValueError(f"noise_rate must be in [0, 1], got {self.noise_rate}")
+        if not 0.0 <= self.nondescript_rate <= 1.0 - self.noise_rate + 1e-9:
+            raise ValueError(f"nondescript_rate must be in [0, 1 - noise_rate = {1 - self.noise_rate:g}], "
+                             f"got {self.nondescript_rate}")
         if self.image_size < 32:
             raise ValueError(f"image_size must be >= 32 px for shapes to be recognisable, got {self.image_size}")
         if not 0 <= self.seed < 2**32:
@@ -353,7 +489,9 @@ class SyntheticConfig:
         sizes = self.split_sizes()
         extra = "" if (self.clean_images, self.eval_images) == (None, None) else \
             f"_c{sizes['train_clean']}_e{sizes['val']}"
-        return f"n{self.num_images}_noise{self.noise_rate:g}_seed{self.seed}_px{self.image_size}{extra}"
+        vague = f"_nd{self.nondescript_rate:g}" if self.nondescript_rate else ""
+        return (f"n{self.num_images}_noise{self.noise_rate:g}{vague}_seed{self.seed}_px{self.image_size}"
+                f"{extra}")
 
     def first_image_id(self, split: str) -> int:
         """Image ids are unique across the splits: train_web, train_clean, val, test in turn."""
@@ -371,8 +509,8 @@ class Example:
     image_path: str
     scene: Scene
     captions: list[str]
-    noise: int = 0            # index into NOISE_KINDS (train_web only)
-    clean_caption: str = ""   # a true caption (for a noisy train_web example: what the noise replaced)
+    noise: int = 0            # index into WEB_TEXT_KINDS (train_web only; 0 = descriptive)
+    clean_caption: str = ""   # a true descriptive caption (train_web: what the web text replaced)
 
     def image_bytes(self) -> bytes:
         return encode_jpeg(render(self.scene))
@@ -383,11 +521,17 @@ def scene_at(cfg: SyntheticConfig, split: str, index: int) -> Scene:
 
 
 def noise_kinds(cfg: SyntheticConfig) -> np.ndarray:
-    """Noise kind of each train_web image: exactly round(rate * n) are noisy, the kinds in turn."""
+    """WEB_TEXT_KINDS label of each train_web image: exactly round(noise_rate * n) images get a
+    noise kind and round(nondescript_rate * n) a nondescript one, the kinds of each group in turn
+    (so each kind's count is exact to one); the rest are descriptive."""
     n = cfg.num_images
     kinds = np.zeros(n, np.int32)
-    noisy = np.random.default_rng([cfg.seed, SPLIT_CODES["train_web"], 2**31]).permutation(n)[:round(cfg.noise_rate * n)]
-    kinds[noisy] = 1 + np.arange(len(noisy)) % (len(NOISE_KINDS) - 1)
+    order = np.random.default_rng([cfg.seed, SPLIT_CODES["train_web"], 2**31]).permutation(n)
+    noisy = order[:round(cfg.noise_rate * n)]
+    vague = order[len(noisy):len(noisy) + round(cfg.nondescript_rate * n)]
+    for chosen, group in ((noisy, NOISE_KINDS), (vague, NONDESCRIPT_KINDS)):
+        labels = np.array([WEB_TEXT_KINDS.index(k) for k in group], np.int32)
+        kinds[chosen] = labels[np.arange(len(chosen)) % len(group)]
     return kinds
 
 
@@ -415,8 +559,8 @@ def generate(cfg: SyntheticConfig, split: str) -> Iterator[Example]:
             yield Example(first_id + i, path, scene, captions, 0, captions[0])
             continue
         clean = describe(scene, rng)
-        kind, text = int(kinds[i]), None
-        if NOISE_KINDS[kind] == "other_caption":
+        kind, text = WEB_TEXT_KINDS[int(kinds[i])], None
+        if kind == "other_caption":
             for _ in range(20):  # another image's true caption, if it is false here
                 j = int(rng.integers(cfg.num_images - 1))
                 j += j >= i
@@ -425,13 +569,15 @@ def generate(cfg: SyntheticConfig, split: str) -> Iterator[Example]:
                     text = donor.text
                     break
             if text is None:  # a tiny split where every other caption also fits: change an attribute
-                kind = NOISE_KINDS.index("wrong_attribute")
-        if NOISE_KINDS[kind] == "alt_text":
-            text = str(rng.choice(ALT_TEXTS))
-        if NOISE_KINDS[kind] == "wrong_attribute":
+                kind = "wrong_attribute"
+        if kind == "wrong_attribute":
             wrong = wrong_attribute(clean, scene, rng)
-            text = wrong.text if wrong is not None else str(rng.choice(ALT_TEXTS))
-            kind = kind if wrong is not None else NOISE_KINDS.index("alt_text")
-        if kind == 0:
+            text = wrong.text if wrong is not None else None
+            kind = kind if wrong is not None else "alt_text"
+        if kind == "alt_text":
+            text = str(rng.choice(ALT_TEXTS))
+        if kind in NONDESCRIPT:
+            text = NONDESCRIPT[kind](scene, rng).text
+        if kind == "descriptive":
             text = clean.text
-        yield Example(first_id + i, path, scene, [web_style(text, rng)], kind, clean.text)
+        yield Example(first_id + i, path, scene, [web_style(text, rng)], WEB_TEXT_KINDS.index(kind), clean.text)

@@ -1,1 +1,2 @@
-"""Experiments that run end to end on the built-in synthetic data (see bootstrap.py)."""
+"""Experiments that run end to end on the built-in synthetic data (see bootstrap.py and
+docs/bootstrap.md)."""

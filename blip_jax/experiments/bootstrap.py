@@ -1,57 +1,200 @@
-"""The paper's bootstrapping result (CapFilt, REFERENCE §3) reproduced in miniature on the
-built-in synthetic data, end to end on a CPU:
+"""The paper's bootstrapping experiment (CapFilt, BLIP Tables 1 and 2) in miniature on the
+built-in synthetic data, end to end on a CPU. The design (data, budgets, seeds, metrics and
+what counts as a result) is fixed in docs/bootstrap.md; this module runs it.
 
-  (a) pre-train a tiny BLIP on the noisy train_web split + train_clean;
-  (b) fine-tune a captioner (LM) and a filter (ITC + ITM) from it on train_clean;
-  (c) CapFilt over train_web: a nucleus-sampled synthetic caption per image, web and synthetic
-      texts filtered by the filter's ITM match probability;
-  (d) pre-train the same tiny BLIP from scratch on the bootstrapped data + train_clean;
-  (e) evaluate both pre-trained models on the test split: zero-shot retrieval (ITC + ITM
-      re-rank) and CIDEr after the same short caption fine-tune.
-  control: pre-train once more on a random subset of train_web as large as the bootstrapped
-      set (+ train_clean), to separate "which texts were removed" from "how many".
+Per seed s, in WORKDIR/seed<s>/:
+  vision init   the tiny ViT pre-trained to name the objects of other scenes (the ImageNet ViT
+                every pre-training of the paper starts from)
+  baseline      pre-train on every web text + train_clean
+  captioner, filter   fine-tuned from the baseline on train_clean (CapFilt's two models; also
+                the baseline's fine-tuned captioning and retrieval)
+  capfilt       caption every web image (nucleus; and beam for the ablation), score every text
+  per condition (+F, +C, +C+F, +C+F beam, oracle): its dataset, a pre-training from the same
+                vision init, a caption and a retrieval fine-tune
+  evaluate      zero-shot retrieval, fine-tuned retrieval and captioning on test
 
-    python -m blip_jax.experiments.bootstrap --workdir=bootstrap_run
+    python -m blip_jax.experiments.bootstrap --workdir=bootstrap_run          # baseline, +C+F, oracle; seed 0
+    python -m blip_jax.experiments.bootstrap --workdir=DIR --ablation --seeds 3
 
-Every stage writes into WORKDIR/<stage>; a rerun skips finished stages and resumes the
-interrupted one. Results: WORKDIR/results.json, WORKDIR/results.md (the table) and
-WORKDIR/bootstrap.png (training curves and results).
+A rerun skips finished stages and resumes the interrupted one. The terminal shows one line per
+stage; everything the libraries print goes to WORKDIR/log.txt. Results: WORKDIR/results.json,
+WORKDIR/results.md (the table), WORKDIR/bootstrap.png.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any, Callable
 
 import ml_collections
 
 from blip_jax.experiments import tiny
+from blip_jax.experiments.bootstrap_report import TITLES
+
+CONDITIONS = tuple(TITLES)  # baseline, +F, +C, +C+F, +C+F beam, oracle
+MAIN_CONDITIONS = ("baseline", "capfilt", "oracle")
 
 
 @dataclasses.dataclass(frozen=True)
 class Scale:
-    """Steps per stage and the dataset size. FULL is the README's run; REDUCED is the CI test."""
+    """Sizes and steps (docs/bootstrap.md). FULL is the design; REDUCED the CI test."""
 
-    pretrain_steps: int = 600
-    caption_steps: int = 300
-    filter_steps: int = 600
-    num_images: int = tiny.NUM_IMAGES
-    eval_images: int = 0  # test images evaluated (0 = all)
+    web_images: int = 4000
+    clean_images: int = 300
+    eval_images: int = 300   # val and test each
+    noise_rate: float = 0.35
+    nondescript_rate: float = 0.45
+    vision_steps: int = 1500
+    vision_images: int = 6000
+    pretrain_steps: int = 400
+    caption_steps: int = 200
+    retrieval_steps: int = 400
+    batch_size: int = 32
     k_test: int = 32
-    control: bool = True  # the random-subset control pre-training
 
 
 FULL = Scale()
-# CI: every stage and output for real, at a scale where pre-training has only begun to learn
-# (zero-shot retrieval near chance); the comparison itself needs the FULL run.
-REDUCED = Scale(pretrain_steps=250, caption_steps=120, filter_steps=250, num_images=1500,
-                eval_images=150, k_test=16, control=False)
+# CI: every stage and output for real at a scale where pre-training has only begun to learn;
+# the comparison itself needs the FULL run.
+REDUCED = Scale(web_images=800, clean_images=60, eval_images=80, vision_steps=200,
+                vision_images=1000, pretrain_steps=150, caption_steps=80, retrieval_steps=120,
+                batch_size=16, k_test=16)
 
 
-CONTROL_DATASET = "blip_capfilt/random_subset"
+def synthetic_config(scale: Scale, seed: int):
+    from blip_jax.data import synthetic
+
+    return synthetic.SyntheticConfig(
+        num_images=scale.web_images, noise_rate=scale.noise_rate,
+        nondescript_rate=scale.nondescript_rate, seed=seed, clean_images=scale.clean_images,
+        eval_images=scale.eval_images)
+
+
+def _configure(c: ml_collections.ConfigDict, data_dir: str, scale: Scale,
+               seed: int) -> ml_collections.ConfigDict:
+    c.data.data_dir = data_dir
+    c.data.synthetic_num_images = scale.web_images
+    c.data.synthetic_noise_rate = scale.noise_rate
+    c.data.synthetic_nondescript_rate = scale.nondescript_rate
+    c.data.synthetic_clean_images = scale.clean_images
+    c.data.synthetic_eval_images = scale.eval_images
+    c.data.synthetic_seed = seed
+    c.seed = seed
+    c.batch_size = scale.batch_size
+    c.eval.every_steps = 0  # evaluated once, on test, by the evaluate stage
+    c.eval.max_images = 0
+    return c
+
+
+def dataset_name(condition: str, seed: int) -> str:
+    """The condition's web-pair dataset (blip_capfilt/<this>) for a seed."""
+    return f"bootstrap_s{seed}_{condition}"
+
+
+class Paths:
+    def __init__(self, workdir: str, seed: int) -> None:
+        self.root = os.path.join(workdir, f"seed{seed}")
+
+    def __call__(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    def vit(self) -> str:
+        return self("vision_init", "vit.safetensors")
+
+    def pretrained(self, condition: str) -> str:
+        return self(f"pretrain_{condition}", "model")
+
+    def captioner(self, condition: str) -> str:
+        return self(f"caption_{condition}", "model")
+
+    def retrieval(self, condition: str) -> str:
+        return self(f"retrieval_{condition}", "model")
+
+
+def stage_configs(workdir: str, data_dir: str, scale: Scale, seed: int,
+                  conditions=CONDITIONS) -> dict[str, ml_collections.ConfigDict]:
+    """The config of every training and evaluation stage of one seed, by stage name."""
+    p = Paths(workdir, seed)
+    cfg = {}
+    for cond in conditions:
+        c = _configure(tiny.pretrain(scale.pretrain_steps), data_dir, scale, seed)
+        c.init.vit = p.vit()
+        if cond != "baseline":
+            c.data.train_sources = [(f"blip_capfilt/{dataset_name(cond, seed)}", "train"),
+                                    ("synthetic", "train_clean")]
+        cfg[f"pretrain_{cond}"] = c
+        c = _configure(tiny.caption(scale.caption_steps), data_dir, scale, seed)
+        c.init_checkpoint = p.pretrained(cond)
+        cfg[f"caption_{cond}"] = c
+        c = _configure(tiny.retrieval(scale.retrieval_steps), data_dir, scale, seed)
+        c.init_checkpoint = p.pretrained(cond)
+        c.eval.k_test = scale.k_test
+        cfg[f"retrieval_{cond}"] = c
+    # Zero-shot retrieval of a pre-trained model: the retrieval protocol on its untied encoder.
+    z = _configure(tiny.retrieval(0), data_dir, scale, seed)
+    z.eval.k_test = scale.k_test
+    cfg["zero_shot"] = z
+    return cfg
+
+
+def capfilt_config(workdir: str, data_dir: str, scale: Scale, seed: int, beam: bool = False):
+    from blip_jax import capfilt
+
+    p = Paths(workdir, seed)
+    c = capfilt.default_config()
+    c.data_dir = data_dir
+    c.sources = [("synthetic", "train_web")]
+    c.synthetic_num_images = scale.web_images
+    c.synthetic_noise_rate = scale.noise_rate
+    c.synthetic_nondescript_rate = scale.nondescript_rate
+    c.synthetic_clean_images = scale.clean_images
+    c.synthetic_eval_images = scale.eval_images
+    c.synthetic_seed = seed
+    c.captioner_checkpoint = p.captioner("baseline")
+    c.filter_checkpoint = p.retrieval("baseline")
+    c.max_tokens = 24
+    c.per_device_batch = 64
+    c.records_per_shard = 512
+    c.seed = seed
+    if beam:
+        c.decoding = "beam"
+    c.output_name = dataset_name("capfilt_beam" if beam else "capfilt", seed)
+    c.output_data_dir = ""
+    return c
+
+
+def capfilt_records(workdir: str) -> list[dict]:
+    from blip_jax.capfilt import output
+
+    job = output.read_json(os.path.join(workdir, output.JOB_FILE))
+    return output.load_results(workdir, job["total_records"], job["process_count"],
+                               job["records_per_shard"])
+
+
+def write_condition_dataset(workdir: str, data_dir: str, scale: Scale, seed: int,
+                            condition: str) -> str:
+    """+F, +C (from the nucleus CapFilt run's results) or the oracle, in CapFilt's layout."""
+    from blip_jax.capfilt.dataset import write_dataset
+    from blip_jax.capfilt.job import resolve_sources
+    from blip_jax.experiments import bootstrap_data
+
+    p = Paths(workdir, seed)
+    if condition == "oracle":
+        pairs = bootstrap_data.oracle_pairs(synthetic_config(scale, seed))
+    else:
+        records = capfilt_records(p("capfilt"))
+        pick = {"filter": bootstrap_data.filter_only_pairs,
+                "caption": bootstrap_data.caption_only_pairs}[condition]
+        pairs = pick(records)
+    sources = resolve_sources(capfilt_config(workdir, data_dir, scale, seed))
+    return write_dataset(data_dir=data_dir, name=dataset_name(condition, seed), pairs=pairs,
+                         source_data_dir=data_dir, sources=sources,
+                         origin=f"bootstrap {condition} {p.root}")
 
 
 @dataclasses.dataclass
@@ -62,83 +205,67 @@ class Stage:
     run: Callable[[], Any]
 
 
-def _configure(c: ml_collections.ConfigDict, data_dir: str, scale: Scale,
-               seed: int) -> ml_collections.ConfigDict:
-    c.data.data_dir = data_dir
-    c.data.synthetic_num_images = scale.num_images
-    c.seed = seed
-    c.eval.max_images = scale.eval_images
-    return c
-
-
-def stage_configs(workdir: str, data_dir: str, scale: Scale, seed: int = 0,
-                  bootstrapped: str = "blip_capfilt/bootstrapped") -> dict:
-    """The config of every training / evaluation stage (tests and users can inspect them).
-    `bootstrapped`: the TFDS name of CapFilt's output dataset."""
-    path = lambda *p: os.path.join(workdir, *p)  # noqa: E731
-    cfg = {}
-    for name in ("a_pretrain_noisy", "d_pretrain_bootstrapped", "control_pretrain_random"):
-        c = _configure(tiny.pretrain(scale.pretrain_steps), data_dir, scale, seed)
-        c.eval.every_steps = 0  # evaluated once, fully, in stage (e)
-        cfg[name] = c
-    # Stage (d) reads CapFilt's output dataset (its name is in CapFilt's summary).
-    cfg["d_pretrain_bootstrapped"].data.train_sources = [(bootstrapped, "train"),
-                                                         ("synthetic", "train_clean")]
-    cfg["control_pretrain_random"].data.train_sources = [(CONTROL_DATASET, "train"),
-                                                         ("synthetic", "train_clean")]
-    for name, init in (("b_captioner", "a_pretrain_noisy"),
-                       ("e_captioner_bootstrapped", "d_pretrain_bootstrapped")):
-        c = _configure(tiny.caption(scale.caption_steps), data_dir, scale, seed)
-        c.init_checkpoint = path(init, "model")
-        cfg[name] = c
-    c = _configure(tiny.retrieval(scale.filter_steps), data_dir, scale, seed)
-    c.init_checkpoint = path("a_pretrain_noisy", "model")
-    c.eval.k_test = scale.k_test
-    cfg["b_filter"] = c
-    # Zero-shot retrieval of a pre-trained model: the retrieval protocol on its untied encoder.
-    z = _configure(tiny.retrieval(0), data_dir, scale, seed)
-    z.eval.k_test = scale.k_test
-    cfg["zero_shot"] = z
-    return cfg
-
-
-def capfilt_config(workdir: str, data_dir: str, scale: Scale, seed: int = 0):
+def seed_stages(workdir: str, data_dir: str, scale: Scale, seed: int,
+                conditions: tuple[str, ...]) -> list[Stage]:
+    """Every stage of one seed, in order (each skipped when its output exists)."""
     from blip_jax import capfilt
+    from blip_jax.experiments import vision_init
+    from blip_jax.models.config import BlipConfig
+    from blip_jax.train.trainer import train
 
-    c = capfilt.default_config()
-    c.data_dir = data_dir
-    c.sources = [("synthetic", "train_web")]
-    c.synthetic_num_images = scale.num_images
-    c.captioner_checkpoint = os.path.join(workdir, "b_captioner", "model")
-    c.filter_checkpoint = os.path.join(workdir, "b_filter", "model")
-    c.max_tokens = 24
-    c.per_device_batch = 64
-    c.records_per_shard = 512
-    c.seed = seed
-    c.output_name = "bootstrapped"
-    c.output_data_dir = ""
-    return c
+    p = Paths(workdir, seed)
+    cfg = stage_configs(workdir, data_dir, scale, seed, conditions)
+    model_done = lambda name: (lambda: os.path.exists(p(name, "model", "config.json")))  # noqa: E731
+    train_stage = lambda name: (lambda: train(cfg[name], p(name)))  # noqa: E731
 
+    def vision():
+        vc = BlipConfig.from_dict(cfg["pretrain_baseline"].model.to_dict()).vision
+        vision_init.write_vision_init(p.vit(), vc, seed, vision_init.VisionInitScale(
+            train_images=scale.vision_images, eval_images=max(50, scale.vision_images // 12),
+            steps=scale.vision_steps))
 
-def write_control_dataset(workdir: str, data_dir: str, scale: Scale, seed: int = 0) -> str:
-    """A random subset of the web records (their web texts, unfiltered) as large as the
-    bootstrapped set (web + synthetic pairs), in CapFilt's output layout."""
-    import numpy as np
+    def dataset_stage(cond):
+        return Stage(f"data_{cond}", f"{TITLES[cond]} pre-training data",
+                     lambda: os.path.exists(p(f"data_{cond}.done")),
+                     lambda: (write_condition_dataset(workdir, data_dir, scale, seed, cond),
+                              open(p(f"data_{cond}.done"), "w").close()))
 
-    from blip_jax.capfilt.dataset import write_dataset
-    from blip_jax.capfilt.job import resolve_sources
-    from blip_jax.data.sources import RecordSource
+    def capfilt_stage(beam):
+        name = "capfilt_beam" if beam else "capfilt"
+        return Stage(name, f"CapFilt over the web split ({'beam' if beam else 'nucleus'})",
+                     lambda: os.path.exists(p(name, "summary.json")),
+                     lambda: capfilt.run(capfilt_config(workdir, data_dir, scale, seed, beam), p(name)))
 
-    with open(os.path.join(workdir, "c_capfilt", "summary.json")) as f:
-        size = json.load(f)["pairs_kept"]
-    sources = resolve_sources(capfilt_config(workdir, data_dir, scale, seed))
-    records = RecordSource(data_dir, sources)
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(len(records), size=min(size, len(records)), replace=False))
-    pairs = [(int(i), records[int(i)]["captions"][0], "web", 1.0) for i in chosen]
-    return write_dataset(data_dir=data_dir, name=CONTROL_DATASET.split("/")[1], pairs=pairs,
-                         source_data_dir=data_dir, sources=sources,
-                         origin=f"bootstrap control {workdir}")
+    stages = [Stage("vision_init", "vision init (object classifier)",
+                    lambda: os.path.exists(p.vit()), vision),
+              Stage("pretrain_baseline", "pre-train: noisy baseline", model_done("pretrain_baseline"),
+                    train_stage("pretrain_baseline")),
+              Stage("caption_baseline", "fine-tune the captioner (baseline)",
+                    model_done("caption_baseline"), train_stage("caption_baseline")),
+              Stage("retrieval_baseline", "fine-tune the filter / retrieval (baseline)",
+                    model_done("retrieval_baseline"), train_stage("retrieval_baseline"))]
+    if {"filter", "caption", "capfilt"} & set(conditions):
+        stages.append(capfilt_stage(beam=False))
+    if "capfilt_beam" in conditions:
+        stages.append(capfilt_stage(beam=True))
+    for cond in conditions:
+        if cond == "baseline":
+            continue
+        if cond in ("filter", "caption", "oracle"):
+            stages.append(dataset_stage(cond))
+        for kind, what in (("pretrain", "pre-train"), ("caption", "caption fine-tune"),
+                           ("retrieval", "retrieval fine-tune")):
+            name = f"{kind}_{cond}"
+            stages.append(Stage(name, f"{what}: {TITLES[cond]}", model_done(name), train_stage(name)))
+    def evaluated() -> bool:  # a run with more rows than the last one evaluates again
+        if not os.path.exists(p("results.json")):
+            return False
+        with open(p("results.json")) as f:
+            return set(conditions) <= set(json.load(f)["conditions"])
+
+    stages.append(Stage("evaluate", "evaluate on test", evaluated,
+                        lambda: evaluate_seed(workdir, data_dir, scale, seed, conditions)))
+    return stages
 
 
 def _evaluate(config, checkpoint: str, out: str) -> dict:
@@ -150,100 +277,35 @@ def _evaluate(config, checkpoint: str, out: str) -> dict:
     return evaluate.run(config, checkpoint, split="test", output=out)["metrics"]
 
 
-def run(workdir: str, data_dir: str = "", scale: Scale = FULL, seed: int = 0,
-        log: Callable[[str], None] = print) -> dict:
-    """Runs (or resumes) every stage; returns the results (also written to WORKDIR)."""
-    from blip_jax import capfilt
-    from blip_jax.train.trainer import train
+def evaluate_seed(workdir: str, data_dir: str, scale: Scale, seed: int,
+                  conditions: tuple[str, ...]) -> dict:
+    """Every metric of one seed -> seed<s>/results.json."""
+    from blip_jax.capfilt import output
+    from blip_jax.experiments import bootstrap_data
 
-    workdir = os.path.abspath(workdir)
-    data_dir = os.path.abspath(data_dir or os.path.join(workdir, "data"))
-    os.makedirs(workdir, exist_ok=True)
-    cfg = stage_configs(workdir, data_dir, scale, seed)
-    path = lambda *p: os.path.join(workdir, *p)  # noqa: E731
-    model_done = lambda name: (lambda: os.path.exists(path(name, "model", "config.json")))  # noqa: E731
-    results: dict[str, Any] = {"scale": dataclasses.asdict(scale), "seed": seed}
-
-    def train_stage(name):
-        return lambda: train(cfg[name], path(name))
-
-    def pretrain_control():
-        write_control_dataset(workdir, data_dir, scale, seed)
-        train(cfg["control_pretrain_random"], path("control_pretrain_random"))
-
-    def pretrain_bootstrapped():
-        with open(path("c_capfilt", "summary.json")) as f:
-            dataset = json.load(f)["dataset"]
-        c = stage_configs(workdir, data_dir, scale, seed, bootstrapped=dataset)
-        train(c["d_pretrain_bootstrapped"], path("d_pretrain_bootstrapped"))
-
-    def eval_stage():
-        zs = cfg["zero_shot"]
-        r = results
-        r["zero_shot_noisy"] = _evaluate(zs, path("a_pretrain_noisy", "model"),
-                                         path("eval", "zero_shot_noisy.json"))
-        r["zero_shot_bootstrapped"] = _evaluate(zs, path("d_pretrain_bootstrapped", "model"),
-                                                path("eval", "zero_shot_bootstrapped.json"))
-        if scale.control:
-            r["zero_shot_control"] = _evaluate(zs, path("control_pretrain_random", "model"),
-                                               path("eval", "zero_shot_control.json"))
-        r["filter_finetuned"] = _evaluate(cfg["b_filter"], path("b_filter", "model"),
-                                          path("eval", "filter_finetuned.json"))
-        r["caption_noisy"] = _evaluate(cfg["b_captioner"], path("b_captioner", "model"),
-                                       path("eval", "caption_noisy.json"))
-        r["caption_bootstrapped"] = _evaluate(cfg["e_captioner_bootstrapped"],
-                                              path("e_captioner_bootstrapped", "model"),
-                                              path("eval", "caption_bootstrapped.json"))
-        r["caption_agnostic_baseline"] = _caption_agnostic(cfg["b_captioner"])
-
-    stages = [
-        Stage("a_pretrain_noisy", "(a) pre-train on noisy web + clean",
-              model_done("a_pretrain_noisy"), train_stage("a_pretrain_noisy")),
-        Stage("b_captioner", "(b) fine-tune the captioner (LM) on clean",
-              model_done("b_captioner"), train_stage("b_captioner")),
-        Stage("b_filter", "(b) fine-tune the filter (ITC + ITM) on clean",
-              model_done("b_filter"), train_stage("b_filter")),
-        Stage("c_capfilt", "(c) CapFilt over train_web",
-              lambda: os.path.exists(path("c_capfilt", "summary.json")),
-              lambda: capfilt.run(capfilt_config(workdir, data_dir, scale, seed), path("c_capfilt"))),
-        Stage("d_pretrain_bootstrapped", "(d) pre-train on bootstrapped web + clean",
-              model_done("d_pretrain_bootstrapped"), pretrain_bootstrapped),
-        Stage("e_captioner_bootstrapped", "(e) caption fine-tune of the bootstrapped model",
-              model_done("e_captioner_bootstrapped"), train_stage("e_captioner_bootstrapped")),
-        Stage("control_pretrain_random", "(control) pre-train on a random web subset of that size",
-              model_done("control_pretrain_random"), pretrain_control) if scale.control else None,
-        Stage("e_evaluate", "(e) evaluate both models on test", lambda: False, eval_stage),
-    ]
-    stages = [s for s in stages if s is not None]
-    t_start = time.time()
-    timings = {}
-    for i, stage in enumerate(stages, 1):
-        head = f"[stage {i}/{len(stages)}] {stage.title}"
-        if stage.done():
-            log(f"{head}: done earlier, skipped")
-            continue
-        log(f"{head} ...")
-        t0 = time.time()
-        stage.run()
-        timings[stage.key] = time.time() - t0
-        log(f"{head}: finished in {_minutes(timings[stage.key])} "
-            f"(total {_minutes(time.time() - t_start)})")
-    with open(path("c_capfilt", "summary.json")) as f:
-        results["capfilt"] = json.load(f)
-    results["stage_seconds"] = timings
-    results["curves"] = {name: _curves(path(name, "metrics.jsonl"))
-                         for name in ("a_pretrain_noisy", "d_pretrain_bootstrapped",
-                                      "control_pretrain_random")
-                         if os.path.exists(path(name, "metrics.jsonl"))}
-    table = results_table(results)
-    results["table"] = table
-    with open(path("results.json"), "w") as f:
+    p = Paths(workdir, seed)
+    cfg = stage_configs(workdir, data_dir, scale, seed, conditions)
+    results: dict[str, Any] = {"seed": seed, "scale": dataclasses.asdict(scale), "conditions": {}}
+    for cond in conditions:
+        r = {"zero_shot": _evaluate(cfg["zero_shot"], p.pretrained(cond), p("eval", f"zero_shot_{cond}.json")),
+             "retrieval": _evaluate(cfg[f"retrieval_{cond}"], p.retrieval(cond),
+                                    p("eval", f"retrieval_{cond}.json")),
+             "caption": _evaluate(cfg[f"caption_{cond}"], p.captioner(cond),
+                                  p("eval", f"caption_{cond}.json")),
+             "curves": _curves(p(f"pretrain_{cond}", "metrics.jsonl"))}
+        results["conditions"][cond] = r
+    synth_cfg = synthetic_config(scale, seed)
+    for name in ("capfilt", "capfilt_beam"):
+        if os.path.exists(p(name, "summary.json")):
+            records = capfilt_records(p(name))
+            results[name] = {"summary": output.read_json(p(name, "summary.json")),
+                             "removed_by_kind": bootstrap_data.web_kind_removal(records),
+                             "synthetic_quality": bootstrap_data.caption_quality(records, synth_cfg)}
+    results["caption_agnostic_baseline"] = _caption_agnostic(cfg["caption_baseline"])
+    with open(p("vision_init", "vit.safetensors.json")) as f:
+        results["vision_init"] = json.load(f)
+    with open(p("results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    with open(path("results.md"), "w") as f:
-        f.write(table + "\n")
-    plot(results, path("bootstrap.png"))
-    log(table)
-    log(f"results: {path('results.json')}, {path('results.md')}, plot {path('bootstrap.png')}")
     return results
 
 
@@ -267,91 +329,87 @@ def _curves(metrics_path: str) -> dict[str, list]:
     with open(metrics_path) as f:
         for line in f:
             row = json.loads(line)
+            if "loss_itc" not in row:
+                continue
             out["step"].append(row["step"])
             for k in ("loss_itc", "loss_itm", "loss_lm"):
                 out.setdefault(k, []).append(row.get(k))
     return out
 
 
-def _pct(fraction):
-    return None if fraction is None else 100.0 * fraction
-
-
 def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def results_table(r: dict) -> str:
-    zn, zb = r["zero_shot_noisy"], r["zero_shot_bootstrapped"]
-    zc = r.get("zero_shot_control")
-    cell = lambda m, k: f"{m[k]:.1f}" if m else "-"  # noqa: E731
-    cn, cb = r["caption_noisy"], r["caption_bootstrapped"]
-    cf = r["capfilt"]
-    rows = [("zero-shot TR@1", "txt_r1"), ("zero-shot TR@5", "txt_r5"),
-            ("zero-shot IR@1", "img_r1"), ("zero-shot IR@5", "img_r5"),
-            ("zero-shot R mean", "r_mean")]
-    lines = ["| test split | noisy baseline | bootstrapped | control: random subset of that size |",
-             "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {title} | {zn[k]:.1f} | {zb[k]:.1f} | {cell(zc, k)} |" for title, k in rows]
-    lines += [f"| caption CIDEr (fine-tuned) | {100 * cn['CIDEr']:.1f} | {100 * cb['CIDEr']:.1f} "
-              f"| |",
-              f"| caption BLEU-4 (fine-tuned) | {100 * cn['Bleu_4']:.1f} | "
-              f"{100 * cb['Bleu_4']:.1f} | |"]
-    lines += ["", "| CapFilt on train_web | |", "| --- | ---: |"]
-    filt = cf.get("filter") or {}
-    for title, value in (("web texts kept %", cf.get("web_kept_pct")),
-                         ("synthetic captions kept %", cf.get("synthetic_kept_pct")),
-                         ("filter precision: removed web texts that were noise %",
-                          _pct(filt.get("precision"))),
-                         ("filter recall: noisy web texts removed %", _pct(filt.get("recall")))):
-        if value is not None:
-            lines.append(f"| {title} | {value:.1f} |")
-    for kind, v in filt.get("by_noise_kind", {}).items():
-        lines.append(f"| removed among '{kind}' web texts ({v['count']}) % | {v['removed_pct']:.1f} |")
-    ff, base = r["filter_finetuned"], r["caption_agnostic_baseline"]
-    lines += ["", "| fine-tuning from the noisy pre-training | |", "| --- | ---: |",
-              f"| retrieval TR@1 / IR@1: zero-shot | {zn['txt_r1']:.1f} / {zn['img_r1']:.1f} |",
-              f"| retrieval TR@1 / IR@1: fine-tuned (the filter) | {ff['txt_r1']:.1f} / "
-              f"{ff['img_r1']:.1f} |",
-              f"| CIDEr: caption-agnostic baseline | {100 * base['CIDEr']:.1f} |",
-              f"| CIDEr: fine-tuned captioner | {100 * cn['CIDEr']:.1f} |"]
-    return "\n".join(lines)
+@contextlib.contextmanager
+def _quiet(log_path: str):
+    """Sends everything written to fds 1 and 2 (libraries, progress bars, grain workers) to
+    log_path; yields a writer to the real terminal."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(saved_out), "w", buffering=1)
+    with open(log_path, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield terminal
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved_out, 1)
+            os.dup2(saved_err, 2)
+            os.close(saved_out)
+            os.close(saved_err)
+            terminal.close()
 
 
-def plot(r: dict, out_path: str) -> None:
-    import matplotlib
+def run(workdir: str, data_dir: str = "", scale: Scale = FULL, seeds: tuple[int, ...] = (0,),
+        conditions: tuple[str, ...] = MAIN_CONDITIONS, log: Callable[[str], None] | None = None,
+        quiet: bool = True) -> dict:
+    """Runs (or resumes) every stage of every seed; returns the aggregated results (also
+    written to WORKDIR)."""
+    from blip_jax.experiments import bootstrap_report
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
-    labels = {"a_pretrain_noisy": "noisy baseline", "d_pretrain_bootstrapped": "bootstrapped",
-              "control_pretrain_random": "control (random subset)"}
-    for ax, loss in zip(axes[:2], ("loss_itc", "loss_lm")):
-        for name, label in labels.items():
-            c = r["curves"].get(name, {})
-            if c.get(loss):
-                ax.plot(c["step"], c[loss], label=label)
-        ax.set_title(f"pre-training {loss[5:].upper()} loss")
-        ax.set_xlabel("step")
-        ax.legend()
-    keys = [("TR@1", "txt_r1"), ("IR@1", "img_r1"), ("TR@5", "txt_r5"), ("IR@5", "img_r5")]
-    width = 0.27
-    bars = [b for b in (("zero_shot_noisy", "noisy"), ("zero_shot_bootstrapped", "bootstrapped"),
-                        ("zero_shot_control", "control")) if b[0] in r]
-    for j, (name, label) in enumerate(bars):
-        axes[2].bar([i + j * width for i in range(len(keys))], [r[name][k] for _, k in keys],
-                    width, label=label)
-    axes[2].set_xticks([i + width for i in range(len(keys))], [t for t, _ in keys])
-    axes[2].set_title("zero-shot retrieval on test (%)")
-    axes[2].legend()
-    cider = {"caption-agnostic": r["caption_agnostic_baseline"]["CIDEr"],
-             "noisy": r["caption_noisy"]["CIDEr"], "bootstrapped": r["caption_bootstrapped"]["CIDEr"]}
-    axes[3].bar(list(cider), [100 * v for v in cider.values()], color=["grey", "C0", "C1"])
-    axes[3].set_title("CIDEr on test after caption fine-tune")
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=90)
-    plt.close(fig)
+    workdir = os.path.abspath(workdir)
+    data_dir = os.path.abspath(data_dir or os.path.join(workdir, "data"))
+    os.makedirs(workdir, exist_ok=True)
+    log_path = os.path.join(workdir, "log.txt")
+    plan = [(seed, stage) for seed in seeds
+            for stage in seed_stages(workdir, data_dir, scale, seed, conditions)]
+    t_start = time.time()
+    timings: dict[str, float] = {}
+    with (_quiet(log_path) if quiet else contextlib.nullcontext(sys.stdout)) as terminal:
+        say = log or (lambda line: print(line, file=terminal, flush=True))
+        say(f"bootstrap experiment: seeds {list(seeds)}, rows {[TITLES[c] for c in conditions]}; "
+            f"library output in {log_path}")
+        for i, (seed, stage) in enumerate(plan, 1):
+            head = f"[{i}/{len(plan)}] seed {seed}: {stage.title}"
+            if stage.done():
+                say(f"{head}: done earlier")
+                continue
+            os.makedirs(Paths(workdir, seed).root, exist_ok=True)
+            t0 = time.time()
+            stage.run()
+            timings[f"seed{seed}/{stage.key}"] = time.time() - t0
+            say(f"{head}: {_minutes(timings[f'seed{seed}/{stage.key}'])} "
+                f"(total {_minutes(time.time() - t_start)})")
+        per_seed = []
+        for seed in seeds:
+            with open(Paths(workdir, seed)("results.json")) as f:
+                per_seed.append(json.load(f))
+        results = bootstrap_report.aggregate(per_seed, conditions)
+        results["stage_seconds"] = timings
+        table = bootstrap_report.markdown(results)
+        results["table"] = table
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        with open(os.path.join(workdir, "results.md"), "w") as f:
+            f.write(table + "\n")
+        bootstrap_report.plot(results, os.path.join(workdir, "bootstrap.png"))
+        say(table)
+        say(f"results: {workdir}/results.md, results.json, bootstrap.png")
+    return results
 
 
 def main(argv) -> None:
@@ -362,9 +420,17 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
     scale = REDUCED if f.reduced else FULL
-    changes = {k: getattr(f, k) for k in ("pretrain_steps", "caption_steps", "filter_steps")
-               if getattr(f, k)}
-    run(f.workdir, f.data_dir, dataclasses.replace(scale, **changes), seed=f.seed)
+    if f.seeds < 1:
+        raise SystemExit("error: --seeds must be >= 1")
+    conditions = CONDITIONS if f.ablation else MAIN_CONDITIONS
+    if f.rows:
+        rows = tuple(r.strip() for r in f.rows.split(","))
+        unknown = [r for r in rows if r not in CONDITIONS]
+        if unknown or "baseline" not in rows:
+            raise SystemExit(f"error: --rows {f.rows!r}: give 'baseline' and any of "
+                             f"{list(CONDITIONS[1:])}, comma-separated")
+        conditions = tuple(c for c in CONDITIONS if c in rows)
+    run(f.workdir, f.data_dir, scale, seeds=tuple(range(f.seeds)), conditions=conditions)
 
 
 def _define_flags() -> None:
@@ -374,14 +440,17 @@ def _define_flags() -> None:
     flags.DEFINE_string("data_dir", "", "TFDS data dir (default WORKDIR/data); the synthetic "
                         "data is written there on first use.")
     flags.DEFINE_bool("reduced", False, "The reduced CI-size run (fewer steps and images).")
-    flags.DEFINE_integer("pretrain_steps", 0, "Override the pre-training steps (0 = scale's).")
-    flags.DEFINE_integer("caption_steps", 0, "Override the captioner fine-tune steps.")
-    flags.DEFINE_integer("filter_steps", 0, "Override the filter fine-tune steps.")
-    flags.DEFINE_integer("seed", 0, "Seed of every stage.")
+    flags.DEFINE_bool("ablation", False, "Every row of docs/bootstrap.md (+F, +C, +C+F, +C+F "
+                      "beam, oracle, baseline), not only baseline, +C+F and oracle.")
+    flags.DEFINE_integer("seeds", 1, "Seeds 0..N-1 (docs/bootstrap.md fixes 3 for the table).")
+    flags.DEFINE_string("rows", "", "Comma-separated rows to run instead (e.g. 'baseline,oracle' "
+                        "for the regime check); a later run with more rows reuses their stages.")
 
 
 if __name__ == "__main__":
     from absl import app
 
+    from blip_jax import cli
+
     _define_flags()
-    app.run(main)
+    cli.run_absl(main)

@@ -28,8 +28,11 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
     c.data.eval_source = ("synthetic", "val")
     c.data.prepare_synthetic = True  # build the synthetic dataset on first use
     c.data.synthetic_num_images = 4000
-    c.data.synthetic_noise_rate = 0.4
+    c.data.synthetic_noise_rate = 0.4       # train_web texts not true of their image
+    c.data.synthetic_nondescript_rate = 0.0  # train_web texts true but nondescript
     c.data.synthetic_seed = 0
+    c.data.synthetic_clean_images = 0  # train_clean images; 0 = synthetic_num_images // 5
+    c.data.synthetic_eval_images = 0   # val / test images each; 0 = synthetic_num_images // 10
     c.data.max_words = 30
     c.data.max_tokens = 30
     c.data.crop_scale = (0.2, 1.0)

@@ -23,8 +23,7 @@ def data_dir(config: ml_collections.ConfigDict) -> str:
 def synthetic_name(config: ml_collections.ConfigDict) -> str:
     """TFDS name of the configured synthetic dataset, writing it first if it is absent and
     config.data.prepare_synthetic is set (process 0 writes, the others wait)."""
-    kwargs = dict(num_images=config.data.synthetic_num_images,
-                  noise_rate=config.data.synthetic_noise_rate, seed=config.data.synthetic_seed)
+    kwargs = prepare.synthetic_kwargs(config.data)
     if not config.data.prepare_synthetic:
         return prepare.synthetic_dataset_name(**kwargs)
     if jax.process_index() == 0:
