@@ -287,11 +287,12 @@ def evaluate_seed(workdir: str, data_dir: str, scale: Scale, seed: int,
     cfg = stage_configs(workdir, data_dir, scale, seed, conditions)
     results: dict[str, Any] = {"seed": seed, "scale": dataclasses.asdict(scale), "conditions": {}}
     for cond in conditions:
-        r = {"zero_shot": _evaluate(cfg["zero_shot"], p.pretrained(cond), p("eval", f"zero_shot_{cond}.json")),
+        # One folder per row: the caption evaluation also writes its captions.json there.
+        r = {"zero_shot": _evaluate(cfg["zero_shot"], p.pretrained(cond), p("eval", cond, "zero_shot.json")),
              "retrieval": _evaluate(cfg[f"retrieval_{cond}"], p.retrieval(cond),
-                                    p("eval", f"retrieval_{cond}.json")),
+                                    p("eval", cond, "retrieval.json")),
              "caption": _evaluate(cfg[f"caption_{cond}"], p.captioner(cond),
-                                  p("eval", f"caption_{cond}.json")),
+                                  p("eval", cond, "caption.json")),
              "curves": _curves(p(f"pretrain_{cond}", "metrics.jsonl"))}
         results["conditions"][cond] = r
     synth_cfg = synthetic_config(scale, seed)
