@@ -38,6 +38,7 @@ from blip_jax.experiments.bootstrap_report import TITLES
 
 CONDITIONS = tuple(TITLES)  # baseline, +F, +C, +C+F, +C+F beam, oracle
 MAIN_CONDITIONS = ("baseline", "capfilt", "oracle")
+NO_PAIRS = "none"  # a row data stage's marker when the row has no web pair
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +63,7 @@ FULL = Scale()
 # CI: every stage and output for real at a scale where pre-training has only begun to learn;
 # the comparison itself needs the FULL run.
 REDUCED = Scale(web_images=800, clean_images=60, eval_images=80, vision_steps=200,
-                vision_images=1000, pretrain_steps=150, caption_steps=80, retrieval_steps=120,
+                vision_images=1000, pretrain_steps=150, caption_steps=180, retrieval_steps=120,
                 batch_size=16, k_test=16)
 
 
@@ -124,9 +125,8 @@ def stage_configs(workdir: str, data_dir: str, scale: Scale, seed: int,
     for cond in conditions:
         c = _configure(tiny.pretrain(scale.pretrain_steps), data_dir, scale, seed)
         c.init.vit = p.vit()
-        if cond != "baseline":
-            c.data.train_sources = [(f"blip_capfilt/{dataset_name(cond, seed)}", "train"),
-                                    ("synthetic", "train_clean")]
+        # The web part is known once the row's data exists (web_sources); set when it runs.
+        c.data.train_sources = [("synthetic", "train_web"), ("synthetic", "train_clean")]
         cfg[f"pretrain_{cond}"] = c
         c = _configure(tiny.caption(scale.caption_steps), data_dir, scale, seed)
         c.init_checkpoint = p.pretrained(cond)
@@ -176,9 +176,27 @@ def capfilt_records(workdir: str) -> list[dict]:
                                job["records_per_shard"])
 
 
+def web_sources(workdir: str, seed: int, condition: str) -> list[tuple[str, str]]:
+    """The web part of a row's pre-training data, known once its data stage has run: CapFilt's
+    output dataset (its summary names it, None when the filter kept nothing) or the dataset the
+    row's data stage wrote (its marker file names it, NO_PAIRS for none)."""
+    p = Paths(workdir, seed)
+    if condition == "baseline":
+        return [("synthetic", "train_web")]
+    if condition in ("capfilt", "capfilt_beam"):
+        with open(p(condition, "summary.json")) as f:
+            name = json.load(f)["dataset"]
+    else:
+        with open(p(f"data_{condition}.done")) as f:
+            name = f.read().strip() or f"blip_capfilt/{dataset_name(condition, seed)}"  # older marker
+        name = None if name == NO_PAIRS else name
+    return [(name, "train")] if name else []
+
+
 def write_condition_dataset(workdir: str, data_dir: str, scale: Scale, seed: int,
-                            condition: str) -> str:
-    """+F, +C (from the nucleus CapFilt run's results) or the oracle, in CapFilt's layout."""
+                            condition: str) -> str | None:
+    """+F, +C (from the nucleus CapFilt run's results) or the oracle, in CapFilt's layout;
+    returns its TFDS name, or None when the row has no web pair."""
     from blip_jax.capfilt.dataset import write_dataset
     from blip_jax.capfilt.job import resolve_sources
     from blip_jax.experiments import bootstrap_data
@@ -191,6 +209,8 @@ def write_condition_dataset(workdir: str, data_dir: str, scale: Scale, seed: int
         pick = {"filter": bootstrap_data.filter_only_pairs,
                 "caption": bootstrap_data.caption_only_pairs}[condition]
         pairs = pick(records)
+    if not pairs:  # e.g. a filter that keeps nothing: the row pre-trains on train_clean alone
+        return None
     sources = resolve_sources(capfilt_config(workdir, data_dir, scale, seed))
     return write_dataset(data_dir=data_dir, name=dataset_name(condition, seed), pairs=pairs,
                          source_data_dir=data_dir, sources=sources,
@@ -216,7 +236,16 @@ def seed_stages(workdir: str, data_dir: str, scale: Scale, seed: int,
     p = Paths(workdir, seed)
     cfg = stage_configs(workdir, data_dir, scale, seed, conditions)
     model_done = lambda name: (lambda: os.path.exists(p(name, "model", "config.json")))  # noqa: E731
-    train_stage = lambda name: (lambda: train(cfg[name], p(name)))  # noqa: E731
+
+    def train_stage(name):
+        def go():
+            c = cfg[name]
+            if name.startswith("pretrain_"):
+                c = c.copy_and_resolve_references()
+                c.data.train_sources = (web_sources(workdir, seed, name[len("pretrain_"):])
+                                        + [("synthetic", "train_clean")])
+            train(c, p(name))
+        return go
 
     def vision():
         vc = BlipConfig.from_dict(cfg["pretrain_baseline"].model.to_dict()).vision
@@ -227,8 +256,8 @@ def seed_stages(workdir: str, data_dir: str, scale: Scale, seed: int,
     def dataset_stage(cond):
         return Stage(f"data_{cond}", f"{TITLES[cond]} pre-training data",
                      lambda: os.path.exists(p(f"data_{cond}.done")),
-                     lambda: (write_condition_dataset(workdir, data_dir, scale, seed, cond),
-                              open(p(f"data_{cond}.done"), "w").close()))
+                     lambda: _write_text(p(f"data_{cond}.done"), write_condition_dataset(
+                         workdir, data_dir, scale, seed, cond) or NO_PAIRS))
 
     def capfilt_stage(beam):
         name = "capfilt_beam" if beam else "capfilt"
@@ -268,6 +297,11 @@ def seed_stages(workdir: str, data_dir: str, scale: Scale, seed: int,
     return stages
 
 
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def _evaluate(config, checkpoint: str, out: str) -> dict:
     from blip_jax import evaluate
 
@@ -293,7 +327,8 @@ def evaluate_seed(workdir: str, data_dir: str, scale: Scale, seed: int,
                                     p("eval", cond, "retrieval.json")),
              "caption": _evaluate(cfg[f"caption_{cond}"], p.captioner(cond),
                                   p("eval", cond, "caption.json")),
-             "curves": _curves(p(f"pretrain_{cond}", "metrics.jsonl"))}
+             "curves": _curves(p(f"pretrain_{cond}", "metrics.jsonl")),
+             "web_sources": web_sources(workdir, seed, cond)}  # [] : train_clean alone
         results["conditions"][cond] = r
     synth_cfg = synthetic_config(scale, seed)
     for name in ("capfilt", "capfilt_beam"):
