@@ -49,6 +49,9 @@ def aggregate(per_seed: Sequence[dict], conditions: Sequence[str]) -> dict[str, 
     out: dict[str, Any] = {"seeds": seeds, "conditions": list(conditions), "values": values,
                            "summary": {c: {k: mean_std(v) for k, v in values[c].items()}
                                        for c in conditions}}
+    # Rows whose filter kept no web pair in some seed pre-trained on train_clean alone there.
+    out["no_web_pairs"] = {c: [r["seed"] for r in per_seed
+                               if r["conditions"][c].get("web_sources") == []] for c in conditions}
     comparisons = {}
     pairs = [(c, "baseline") for c in conditions if c != "baseline"]
     if {"capfilt", "capfilt_beam"} <= set(conditions):
@@ -106,6 +109,10 @@ def markdown(r: dict[str, Any]) -> str:
              "| --- |" + " ---: |" * len(METRICS)]
     for c in r["conditions"]:
         lines.append(f"| {TITLES[c]} | " + " | ".join(_cell(r["summary"][c][k]) for k, *_ in METRICS) + " |")
+    for c, seeds in r.get("no_web_pairs", {}).items():
+        if seeds:
+            lines.append(f"\n{TITLES[c]}: the filter kept no web pair in seed(s) {seeds}; that row "
+                         "pre-trained on the human-annotated split alone there.")
     lines += ["", "Differences paired by seed (points; per seed in brackets) and the pre-registered "
               f"verdict (mean >= {MARGIN:g} with every seed positive: better; the mirror: worse):", "",
               "| comparison | zero-shot R mean (primary) | fine-tuned R mean | CIDEr |",
