@@ -40,6 +40,8 @@ def test_user_errors_are_one_line(tmp_path):
         ("blip_jax.data.prepare", "--source", "synthetic", "--data_dir", str(a_file)):
             ["--data_dir", str(a_file), "not a directory"],
         ("blip_jax.demo", "--workdir", str(a_file)): ["--workdir", str(a_file)],
+        ("blip_jax.experiments.bootstrap", f"--workdir={tmp_path / 'b'}", "--rows=oracle"):
+            ["--rows", "baseline"],
     }
     env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
     procs = {case: subprocess.Popen([sys.executable, "-m", *case], cwd=tmp_path, env=env,

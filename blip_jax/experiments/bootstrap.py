@@ -451,20 +451,22 @@ def run(workdir: str, data_dir: str = "", scale: Scale = FULL, seeds: tuple[int,
 def main(argv) -> None:
     from absl import flags, logging
 
+    from blip_jax.cli import UserError
+
     if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments: {argv[1:]}")
+        raise UserError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
     scale = REDUCED if f.reduced else FULL
     if f.seeds < 1:
-        raise SystemExit("error: --seeds must be >= 1")
+        raise UserError(f"--seeds {f.seeds}: must be >= 1")
     conditions = CONDITIONS if f.ablation else MAIN_CONDITIONS
     if f.rows:
         rows = tuple(r.strip() for r in f.rows.split(","))
         unknown = [r for r in rows if r not in CONDITIONS]
         if unknown or "baseline" not in rows:
-            raise SystemExit(f"error: --rows {f.rows!r}: give 'baseline' and any of "
-                             f"{list(CONDITIONS[1:])}, comma-separated")
+            raise UserError(f"--rows {f.rows!r}: give 'baseline' and any of "
+                            f"{list(CONDITIONS[1:])}, comma-separated")
         conditions = tuple(c for c in CONDITIONS if c in rows)
     run(f.workdir, f.data_dir, scale, seeds=tuple(range(f.seeds)), conditions=conditions)
 
