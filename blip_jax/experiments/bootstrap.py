@@ -67,24 +67,24 @@ REDUCED = Scale(web_images=800, clean_images=60, eval_images=80, vision_steps=20
                 batch_size=16, k_test=16)
 
 
+def synthetic_kwargs(scale: Scale, seed: int) -> dict:
+    """The SyntheticConfig fields of a seed's data; configs carry them as synthetic_<field>."""
+    return dict(num_images=scale.web_images, noise_rate=scale.noise_rate,
+                nondescript_rate=scale.nondescript_rate, seed=seed,
+                clean_images=scale.clean_images, eval_images=scale.eval_images)
+
+
 def synthetic_config(scale: Scale, seed: int):
     from blip_jax.data import synthetic
 
-    return synthetic.SyntheticConfig(
-        num_images=scale.web_images, noise_rate=scale.noise_rate,
-        nondescript_rate=scale.nondescript_rate, seed=seed, clean_images=scale.clean_images,
-        eval_images=scale.eval_images)
+    return synthetic.SyntheticConfig(**synthetic_kwargs(scale, seed))
 
 
 def _configure(c: ml_collections.ConfigDict, data_dir: str, scale: Scale,
                seed: int) -> ml_collections.ConfigDict:
     c.data.data_dir = data_dir
-    c.data.synthetic_num_images = scale.web_images
-    c.data.synthetic_noise_rate = scale.noise_rate
-    c.data.synthetic_nondescript_rate = scale.nondescript_rate
-    c.data.synthetic_clean_images = scale.clean_images
-    c.data.synthetic_eval_images = scale.eval_images
-    c.data.synthetic_seed = seed
+    for field, value in synthetic_kwargs(scale, seed).items():
+        c.data[f"synthetic_{field}"] = value
     c.seed = seed
     c.batch_size = scale.batch_size
     c.eval.every_steps = 0  # evaluated once, on test, by the evaluate stage
@@ -149,12 +149,8 @@ def capfilt_config(workdir: str, data_dir: str, scale: Scale, seed: int, beam: b
     c = capfilt.default_config()
     c.data_dir = data_dir
     c.sources = [("synthetic", "train_web")]
-    c.synthetic_num_images = scale.web_images
-    c.synthetic_noise_rate = scale.noise_rate
-    c.synthetic_nondescript_rate = scale.nondescript_rate
-    c.synthetic_clean_images = scale.clean_images
-    c.synthetic_eval_images = scale.eval_images
-    c.synthetic_seed = seed
+    for field, value in synthetic_kwargs(scale, seed).items():
+        c[f"synthetic_{field}"] = value
     c.captioner_checkpoint = p.captioner("baseline")
     c.filter_checkpoint = p.retrieval("baseline")
     c.max_tokens = 24
@@ -334,8 +330,9 @@ def evaluate_seed(workdir: str, data_dir: str, scale: Scale, seed: int,
     for name in ("capfilt", "capfilt_beam"):
         if os.path.exists(p(name, "summary.json")):
             records = capfilt_records(p(name))
-            results[name] = {"summary": output.read_json(p(name, "summary.json")),
-                             "removed_by_kind": bootstrap_data.web_kind_removal(records),
+            summary = output.read_json(p(name, "summary.json"))
+            results[name] = {"summary": summary,
+                             "removed_by_kind": summary["filter"]["by_noise_kind"],
                              "synthetic_quality": bootstrap_data.caption_quality(records, synth_cfg)}
     results["caption_agnostic_baseline"] = _caption_agnostic(cfg["caption_baseline"])
     with open(p("vision_init", "vit.safetensors.json")) as f:

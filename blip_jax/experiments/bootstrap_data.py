@@ -44,9 +44,8 @@ def oracle_pairs(cfg: synthetic.SyntheticConfig) -> list[Pair]:
 def caption_quality(records: Sequence[Mapping[str, Any]], cfg: synthetic.SyntheticConfig) -> dict:
     """Synthetic captions against their scene: share true (parse_caption + is_true; a caption
     outside the data's language counts as not true), share parseable, shapes named per caption,
-    share of distinct captions, and the share kept by the filter among true and false ones.
-    Web texts: share true per kind (a check of the text model)."""
-    true = parsed = named = kept_true = kept_false = n_true = 0
+    share of distinct captions, and the share kept by the filter among true and false ones."""
+    true = parsed = named = kept_true = kept_false = 0
     texts: list[str] = []
     for r in records:
         if not r["valid"]:
@@ -59,7 +58,6 @@ def caption_quality(records: Sequence[Mapping[str, Any]], cfg: synthetic.Synthet
             parsed += caption is not None
             named += len(caption.mentions) if caption is not None else 0
             true += ok
-            n_true += ok
             kept_true += ok and s["kept"]
             kept_false += (not ok) and s["kept"]
     n = len(texts)
@@ -67,20 +65,6 @@ def caption_quality(records: Sequence[Mapping[str, Any]], cfg: synthetic.Synthet
     return {"synthetic_captions": n, "true_pct": pct(true, n), "parseable_pct": pct(parsed, n),
             "shapes_named_mean": named / parsed if parsed else None,
             "distinct_pct": pct(len(set(texts)), n),
-            "kept_among_true_pct": pct(kept_true, n_true),
-            "kept_among_false_pct": pct(kept_false, n - n_true)}
-
-
-def web_kind_removal(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per web text kind: how many, and the share the filter removed."""
-    out: dict[str, dict[str, float]] = {}
-    for r in records:
-        if not r["valid"] or r["noise"] < 0:
-            continue
-        kind = synthetic.WEB_TEXT_KINDS[r["noise"]]
-        d = out.setdefault(kind, {"count": 0, "removed": 0})
-        d["count"] += 1
-        d["removed"] += not r["web"]["kept"]
-    return {k: {"count": v["count"], "removed_pct": 100.0 * v["removed"] / v["count"]}
-            for k, v in sorted(out.items(), key=lambda kv: synthetic.WEB_TEXT_KINDS.index(kv[0]))}
+            "kept_among_true_pct": pct(kept_true, true),
+            "kept_among_false_pct": pct(kept_false, n - true)}
 
