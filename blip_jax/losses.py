@@ -180,23 +180,44 @@ def itm_loss(logits_pos: jax.Array, logits_neg: jax.Array) -> jax.Array:
     return -(jnp.sum(logp_pos) + jnp.sum(logp_neg)) / (logp_pos.shape[0] + logp_neg.shape[0])
 
 
-def lm_loss(logits: jax.Array, ids: jax.Array, mask: jax.Array, label_smoothing: float = 0.1,
-            ignore_prefix: int = 0) -> jax.Array:
-    """Next-token cross-entropy with label smoothing, mean over target tokens.
+def lm_token_losses(logits: jax.Array, ids: jax.Array, mask: jax.Array,
+                    label_smoothing: float = 0.1) -> tuple[jax.Array, jax.Array]:
+    """Per-token next-token cross-entropy with label smoothing and its weights.
 
-    logits [B, L, V] at positions 0..L-1 predict ids 1..L-1; padding (mask 0) and the first
-    `ignore_prefix` target tokens (a prompt such as 'a picture of') are excluded.
-    Smoothing as torch's CrossEntropyLoss: (1-eps) * nll + eps * mean_v(-log p_v).
+    logits [B, L, V] at positions 0..L-1 predict ids 1..L-1. Returns (loss [B, L-1] float32,
+    weight [B, L-1] float32: 1 for a target token, 0 for padding). Smoothing as torch's
+    CrossEntropyLoss: (1-eps) * nll + eps * mean_v(-log p_v).
     """
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    targets = ids[:, 1:]
-    weight = mask[:, 1:].astype(jnp.float32)
-    if ignore_prefix:
-        weight = weight * (jnp.arange(targets.shape[1]) >= ignore_prefix)[None]
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    nll = -jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
     smooth = -jnp.mean(logp, axis=-1)
     per_token = (1.0 - label_smoothing) * nll + label_smoothing * smooth
+    return per_token, mask[:, 1:].astype(jnp.float32)
+
+
+def lm_loss(logits: jax.Array, ids: jax.Array, mask: jax.Array, label_smoothing: float = 0.1,
+            ignore_prefix: int = 0) -> jax.Array:
+    """`lm_token_losses` averaged over target tokens; padding (mask 0) and the first
+    `ignore_prefix` target tokens (a prompt such as 'a picture of') are excluded."""
+    per_token, weight = lm_token_losses(logits, ids, mask, label_smoothing)
+    if ignore_prefix:
+        weight = weight * (jnp.arange(weight.shape[1]) >= ignore_prefix)[None]
     return jnp.sum(per_token * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def sequence_lm_loss(logits: jax.Array, ids: jax.Array, mask: jax.Array,
+                     label_smoothing: float = 0.1) -> jax.Array:
+    """`lm_token_losses` SUMMED over each row's target tokens, no length normalisation: [B].
+    The original's answer decoder loss (reduction='none'); its negation is the (smoothed)
+    sequence log-likelihood that VQA's rank inference scores answers by."""
+    per_token, weight = lm_token_losses(logits, ids, mask, label_smoothing)
+    return jnp.sum(per_token * weight, axis=1)
+
+
+def weighted_answer_loss(answer_losses: jax.Array, weights: jax.Array) -> jax.Array:
+    """VQA: sum_i w_i L_i over every answer of the batch, divided by the number of questions.
+    answer_losses / weights [B, A] (padding answers have weight 0)."""
+    return jnp.sum(answer_losses * weights) / answer_losses.shape[0]
 
 
 def enqueue(queue: jax.Array, ptr: jax.Array, values: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -276,3 +276,72 @@ def torch_resize_pos_embed(pos_embed: np.ndarray, new_grid: int) -> np.ndarray:
     grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, -1)
     return torch.cat([pos[:, :1], grid], dim=1).numpy()
+
+
+# -- VQA: the original's algorithms (salesforce/BLIP models/blip_vqa.py), restated in torch on
+# HF modules. BLIP's med.py decoder loss with reduction='none' is CrossEntropyLoss(label_smoothing
+# 0.1, reduction='none') over the shifted tokens (pad = -100), summed per row.
+
+def _decoder_sequence_loss(decoder, ids, atts, states, state_atts, smoothing: float = 0.1):
+    import torch
+    logits = decoder(input_ids=ids, attention_mask=atts, encoder_hidden_states=states,
+                     encoder_attention_mask=state_atts).logits
+    targets = ids.masked_fill(ids == PAD_ID, -100)[:, 1:]
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none",
+        label_smoothing=smoothing, ignore_index=-100)
+    return loss.view(ids.shape[0], -1).sum(1)
+
+
+def original_question_states(vqa, q: Mapping):
+    """blip_vqa.py forward's question encoding: [ENC] first, image mask all ones."""
+    import torch
+    t = lambda x: torch.from_numpy(np.ascontiguousarray(x))
+    with torch.no_grad():
+        img = vqa.vision_model(pixel_values=t(q["pixels"])).last_hidden_state
+        return vqa.text_encoder(
+            input_ids=t(with_first(q["ids"], ENC_ID)), attention_mask=t(q["mask"]),
+            encoder_hidden_states=img,
+            encoder_attention_mask=torch.ones(img.shape[:2], dtype=torch.long)).last_hidden_state
+
+
+def original_vqa_loss(vqa, q: Mapping, answers: np.ndarray, answer_mask: np.ndarray,
+                      counts: list[int], weights: np.ndarray) -> float:
+    """blip_vqa.py forward(train=True): question states repeated per answer (counts[b] answers
+    for question b, answers packed in order), per-answer summed loss, sum(w * L) / B."""
+    import torch
+    t = lambda x: torch.from_numpy(np.ascontiguousarray(x))
+    with torch.no_grad():
+        states = original_question_states(vqa, q)
+        rep = torch.tensor(counts)
+        states = torch.repeat_interleave(states, rep, dim=0)
+        atts = torch.repeat_interleave(t(q["mask"]), rep, dim=0)
+        loss = _decoder_sequence_loss(vqa.text_decoder, t(with_first(answers, DEC_ID)),
+                                      t(answer_mask), states, atts)
+        return float((t(weights) * loss).sum() / len(counts))
+
+
+def original_rank_answer(vqa, states, question_mask: np.ndarray, answer_ids: np.ndarray,
+                         answer_mask: np.ndarray, k: int):
+    """blip_vqa.py rank_answer: first-token probabilities of every answer from [DEC] alone,
+    top k re-scored by -(summed smoothed loss). Returns (max_ids, topk_ids, log_probs_sum)."""
+    import torch
+    t = lambda x: torch.from_numpy(np.ascontiguousarray(x))
+    q_atts, a_ids, a_atts = t(question_mask), t(answer_ids), t(answer_mask)
+    num_q = states.shape[0]
+    with torch.no_grad():
+        start = a_ids[0, 0].repeat(num_q, 1)
+        first = vqa.text_decoder(input_ids=start, encoder_hidden_states=states,
+                                 encoder_attention_mask=q_atts).logits[:, 0, :]
+        prob_first = torch.softmax(first, dim=1).index_select(1, a_ids[:, 1])
+        _, topk_ids = prob_first.topk(k, dim=1)
+        ids = torch.cat([a_ids.index_select(0, row) for row in topk_ids])
+        atts = torch.cat([a_atts.index_select(0, row) for row in topk_ids])
+        # the original's tile(x, 0, k): each question's row repeated k times, consecutively
+        loss = _decoder_sequence_loss(vqa.text_decoder, ids, atts,
+                                      torch.repeat_interleave(states, k, dim=0),
+                                      torch.repeat_interleave(q_atts, k, dim=0))
+        log_probs_sum = (-loss).view(num_q, k)
+        best = log_probs_sum.argmax(dim=1)
+        max_ids = topk_ids[torch.arange(num_q), best]
+    return max_ids.numpy(), topk_ids.numpy(), log_probs_sum.numpy()

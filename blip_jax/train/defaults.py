@@ -8,7 +8,9 @@ from blip_jax.models import config as model_config
 
 def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.task = "pretrain"  # pretrain | caption | retrieval (which losses, see config.loss)
+    # pretrain | caption | retrieval (which losses, see config.loss) | vqa (the answer decoder's
+    # weighted loss, blip_jax/train/vqa_step.py; needs model.decoder_context="question")
+    c.task = "pretrain"
     c.model = model_config.preset(model_preset, **model_changes).to_dict()
     c.init_checkpoint = ""  # blip_jax checkpoint dir to start from ('' = random init)
     # Start from ImageNet / BERT weights as the paper's pre-training does (only with
@@ -35,6 +37,17 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
     c.data.synthetic_eval_images = 0   # val / test images each; 0 = synthetic_num_images // 10
     c.data.max_words = 30
     c.data.max_tokens = 30
+    # VQA (task vqa; blip_jax/data/vqa_pipeline.py). Questions: pre_question, at most
+    # max_question_words words and max_question_tokens tokens (the original: 50 and 35).
+    c.data.max_question_words = 50
+    c.data.max_question_tokens = 35
+    # Answers per question: each unique annotator answer with weight count / annotators (VQA),
+    # or the one answer with vg_answer_weight (Visual Genome QA), in max_answers slots of
+    # max_answer_tokens tokens (more or longer: the heaviest kept / truncated, with a warning).
+    c.data.max_answers = 10
+    c.data.max_answer_tokens = 16
+    c.data.vg_answer_weight = 0.2
+    c.data.synthetic_vqa_questions_per_image = 6  # the "synthetic_vqa" dataset alias
     c.data.crop_scale = (0.2, 1.0)
     c.data.randaugment = True
     # Horizontal flip: "plain" mirrors the image only (the original); "swap" also swaps the words
@@ -46,6 +59,7 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
     c.total_steps = 1000
     c.batch_size = 32  # global, over all processes and devices
     c.steps_per_epoch = 0  # 0 = dataset size // batch_size
+    c.num_epochs = 0  # > 0: total_steps = num_epochs * steps_per_epoch (known once data is read)
     c.log_every_steps = 10
     c.checkpoint_every_steps = 200
     c.keep_checkpoints = 3
@@ -114,6 +128,10 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
     # Beam search length normalisation: "original" (sum logprob / whole length, [DEC] and
     # prompt included: the original BLIP's transformers 4) | "generated" (transformers 5)
     c.eval.length_norm = "original"
+    # VQA: "rank" (the paper's: the answer list re-ranked, eval.k_test candidates by their
+    # sequence likelihood) or "generate" (beam search with eval.num_beams / max_length /
+    # min_length; the original's 3 / 10 / 1).
+    c.eval.vqa_inference = "rank"
     c.eval.spice = False  # SPICE needs Stanford CoreNLP models (downloaded on first use)
     return c
 

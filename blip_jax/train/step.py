@@ -287,13 +287,16 @@ def _accumulated_grads(model: Blip, lc: LossConfig, params, state, batch, feats_
     return loss, parts, {**grad_rest, **grad_vision}
 
 
-def jit_train_step(step_fn, state_shardings, mesh, donate: bool = True):
-    """jax.jit with explicit shardings: state in/out by its rules, batch on the batch axes,
+PAIR_BATCH_NDIMS = {"image": 4, "text_ids": 2, "text_mask": 2, "image_id": 1}
+
+
+def jit_train_step(step_fn, state_shardings, mesh, donate: bool = True,
+                   batch_ndims: dict[str, int] | None = None):
+    """jax.jit with explicit shardings: state in/out by its rules, batch on the batch axes
+    (`batch_ndims`: the task's batch fields and their ranks, image-text pairs by default),
     metrics replicated; the state is donated (updated in place)."""
-    batch_shardings = {"image": parallel.batch_sharding(mesh, 4),
-                       "text_ids": parallel.batch_sharding(mesh, 2),
-                       "text_mask": parallel.batch_sharding(mesh, 2),
-                       "image_id": parallel.batch_sharding(mesh, 1)}
+    batch_shardings = {k: parallel.batch_sharding(mesh, n)
+                       for k, n in (batch_ndims or PAIR_BATCH_NDIMS).items()}
     return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                    out_shardings=(state_shardings, parallel.replicated(mesh)),
                    donate_argnums=(0,) if donate else ())

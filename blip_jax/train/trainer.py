@@ -25,7 +25,7 @@ from blip_jax.convert import pretrained_init
 from blip_jax.models.blip import Blip, abstract_params
 from blip_jax.models import variants
 from blip_jax.models.config import BlipConfig
-from blip_jax.train import optim
+from blip_jax.train import optim, vqa_step
 from blip_jax.train.checkpointing import TrainCheckpointer
 from blip_jax.train.defaults import base_config
 from blip_jax.train.metric_writer import MetricWriter
@@ -139,7 +139,13 @@ def build(config: ml_collections.ConfigDict, steps_per_epoch: int, mesh=None,
     groups = parallel.batch_shards(mesh) if lc.itm_negatives == "local" else 1
     if lc.itm_negatives not in ("global", "local"):
         raise ValueError(f"config.loss.itm_negatives={lc.itm_negatives!r}: use global or local")
-    step_fn = jit_train_step(make_train_step(model, tx, lc, schedule, mesh, groups), shardings, mesh)
+    if config.task == "vqa":
+        step_fn = jit_train_step(
+            vqa_step.make_vqa_train_step(model, tx, lc.label_smoothing, schedule, mesh),
+            shardings, mesh, batch_ndims=vqa_step.BATCH_NDIMS)
+    else:
+        step_fn = jit_train_step(make_train_step(model, tx, lc, schedule, mesh, groups),
+                                 shardings, mesh)
     return Setup(model, model_cfg, mesh, state, shardings, abstract, step_fn, schedule, lc)
 
 
@@ -216,6 +222,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_config_keys(config)
     data = train_input.TrainData(config)
     steps_per_epoch = config.steps_per_epoch or max(1, data.num_examples // config.batch_size)
+    if config.num_epochs:
+        config = config.copy_and_resolve_references()
+        config.total_steps = config.num_epochs * steps_per_epoch
     setup = build(config, steps_per_epoch, init_params=initial_params(config),
                   init_start=initial_start(config))
     is_main = jax.process_index() == 0

@@ -1,0 +1,143 @@
+"""VQA against the original's algorithms (salesforce/BLIP models/blip_vqa.py, restated in torch on
+HF BlipForQuestionAnswering modules in tests/torch_reference.py), on converted random weights:
+the weighted answer loss, rank inference and beam-search generation.
+
+Tolerances: the converted model's logits agree within 1e-4 (tests/test_parity_hf.py); a
+label-smoothed cross-entropy moves by at most 2x the largest logit difference (log-softmax is
+2-Lipschitz in the max norm), so a sum over n target tokens moves by at most 2e-4 * n.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_reference as ref  # noqa: E402
+
+from blip_jax import answering, tokenizer as tok  # noqa: E402
+from blip_jax.convert import load_hf  # noqa: E402
+from blip_jax.models.blip import Blip  # noqa: E402
+from blip_jax.train import vqa_step  # noqa: E402
+
+LOGIT_TOL = 1e-4
+CE_TOL_PER_TOKEN = 2 * LOGIT_TOL
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """(HF VQA model with the question mask honoured, blip_jax config, params)."""
+    hf_cfg = ref.hf_config(image_size=96, text_layers=3, vision_depth=2)
+    vqa = ref.hf_models(hf_cfg, 11, kinds=("vqa",))["vqa"]
+    d = str(tmp_path_factory.mktemp("vqa_hf"))
+    vqa.save_pretrained(d)
+    config, params, _ = load_hf(d)
+    ref.patch_cross_attention_mask(vqa)  # transformers 5 drops the cross-attention mask
+    return vqa, config, params
+
+
+def _states(config, params, q):
+    return answering.question_states(Blip(config), params,
+                                     jnp.asarray(q["pixels"].transpose(0, 2, 3, 1)),
+                                     jnp.asarray(q["ids"], jnp.int32),
+                                     jnp.asarray(q["mask"], jnp.int32))
+
+
+def test_answer_loss_is_the_originals(converted):
+    vqa, config, params = converted
+    q = ref.make_inputs(3, 96, 9, seed=3)  # questions of 9, 7 and 5 tokens
+    counts = [2, 1, 3]  # answers per question, packed in order as the original's collate
+    packed = ref.make_inputs(sum(counts), 96, 6, seed=4, valid_lengths=[6, 3, 4, 2, 5, 3])
+    weights = np.array([0.7, 0.3, 0.2, 0.5, 0.3, 0.2], np.float32)
+    want = ref.original_vqa_loss(vqa, q, packed["ids"], packed["mask"], counts, weights)
+
+    # blip_jax's batch: A = 3 answer slots per question, empty slots with weight 0.
+    a_ids = np.zeros((3, 3, 6), np.int32)
+    a_mask, a_w = np.zeros_like(a_ids), np.zeros((3, 3), np.float32)
+    row = 0
+    for b, n in enumerate(counts):
+        for j in range(n):
+            a_ids[b, j], a_mask[b, j], a_w[b, j] = packed["ids"][row], packed["mask"][row], weights[row]
+            row += 1
+    a_ids[:, :, 0] = np.where(a_mask[:, :, 0] > 0, tok.CLS_ID, 0)
+    batch = {"image": jnp.asarray(q["pixels"].transpose(0, 2, 3, 1)),
+             "question_ids": jnp.asarray(q["ids"], jnp.int32),
+             "question_mask": jnp.asarray(q["mask"], jnp.int32),
+             "answer_ids": jnp.asarray(a_ids), "answer_mask": jnp.asarray(a_mask),
+             "answer_weight": jnp.asarray(a_w)}
+    got = float(Blip(config).apply({"params": params},
+                                   method=lambda m: vqa_step.vqa_loss(m, batch, 0.1, False)))
+    targets = (packed["mask"][:, 1:].sum(1) * weights).sum() / len(counts)
+    assert abs(got - want) <= CE_TOL_PER_TOKEN * targets, (got, want)
+    assert want > 1.0  # a real loss, not a degenerate zero
+
+
+def _answer_list(n: int, seed: int):
+    """n distinct made-up answers of 1-4 word pieces, tokenised as the original pads the list."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 7, n)  # [DEC] + 1-4 tokens + [SEP]
+    longest = int(lengths.max())
+    ids = np.zeros((n, longest), np.int64)
+    mask = np.zeros_like(ids)
+    for i, length in enumerate(lengths):
+        ids[i, :length] = [tok.DEC_ID, *rng.integers(1000, 30000, length - 2), tok.SEP_ID]
+        mask[i, :length] = 1
+    return ids, mask
+
+
+def test_rank_is_the_originals(converted):
+    vqa, config, params = converted
+    q = ref.make_inputs(3, 96, 9, seed=5)  # padded questions: the cross-attention mask counts
+    a_ids, a_mask = _answer_list(12, seed=6)
+    k = 5
+    want_best, want_top, want_scores = ref.original_rank_answer(
+        vqa, ref.original_question_states(vqa, q), q["mask"], a_ids, a_mask, k)
+    states = _states(config, params, q)
+    best, top, scores = answering.rank_answers(
+        Blip(config), params, states, jnp.asarray(q["mask"], jnp.int32),
+        jnp.asarray(a_ids, jnp.int32), jnp.asarray(a_mask, jnp.int32), k=k)
+    np.testing.assert_array_equal(np.asarray(top), want_top)
+    np.testing.assert_array_equal(np.asarray(best), want_best)
+    tokens = a_mask[np.asarray(top)][..., 1:].sum(-1)
+    assert np.all(np.abs(np.asarray(scores) - want_scores) <= CE_TOL_PER_TOKEN * tokens)
+    # The scores depend on the question (the mask and states reach the decoder).
+    assert np.ptp(want_scores[:, 0]) > 100 * CE_TOL_PER_TOKEN * tokens.max()
+
+
+def test_generate_is_transformers(converted):
+    """Unpadded questions: HF generate (all-ones question mask, transformers 5 beam rule)."""
+    vqa, config, params = converted
+    q = ref.make_inputs(2, 96, 8, seed=7, valid_lengths=[8, 8])
+    with torch.no_grad():
+        hf = vqa.generate(input_ids=torch.from_numpy(ref.with_first(q["ids"], tok.ENC_ID)),
+                          pixel_values=torch.from_numpy(q["pixels"]),
+                          attention_mask=torch.from_numpy(q["mask"]), num_beams=3, max_length=10,
+                          min_length=1).numpy()
+    states = _states(config, params, q)
+    _, tokens = answering.generate_answers(Blip(config), params, states, q["mask"],
+                                           length_norm="generated")
+    for row, want in zip(tokens, hf):
+        want = [t for t in want.tolist() if t != tok.PAD_ID]
+        assert row[: len(want)].tolist() == want
+        assert not row[len(want):].any()
+
+
+def test_trim_questions_cuts_to_the_longest():
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    assert answering.trim_questions(np.zeros((2, 5, 4)), mask).shape == (2, 3, 4)
+
+
+def test_candidates_pad_to_the_longest_answer():
+    c = answering.AnswerCandidates.build(["yes", "two shapes", "a very long answer indeed"])
+    assert c.ids.shape[1] == int(c.mask.sum(1).max())
+    assert c.ids[0, 0] == tok.DEC_ID and c.tokens(0)[-1] == tok.SEP_ID
+    with pytest.raises(ValueError, match="empty"):
+        answering.AnswerCandidates.build([])
