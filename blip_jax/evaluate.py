@@ -5,7 +5,8 @@
 
 config.task picks the protocol: retrieval / pretrain (TR/IR R@1/5/10; config.eval.itm_rerank
 for the paper's ITM re-ranking of the top config.eval.k_test) or caption (COCO caption metrics
-of beam-search captions, written next to the results). The model is the checkpoint's own
+of beam-search captions, written next to the results) or vqa (VQA accuracy of ranked or
+generated answers, written next to the results in the VQA server's format). The model is the checkpoint's own
 architecture in the variant the config trains (a pre-trained tied checkpoint evaluated with a
 retrieval config is untied first) at the config's image size.
 """
@@ -52,6 +53,7 @@ def run(config, checkpoint_dir: str, split: Optional[str] = None,
     model_cfg = source_cfg.replace(
         tie_encoder_decoder=wanted.tie_encoder_decoder, text_encoder=wanted.text_encoder,
         text_decoder=wanted.text_decoder, itc_itm_heads=wanted.itc_itm_heads,
+        decoder_context=wanted.decoder_context,
         vision=dataclasses.replace(source_cfg.vision, image_size=wanted.vision.image_size))
     params = variants.adapt_params(params, source_cfg, model_cfg)
     checkpoint.check_params_fit(params, model_cfg, what=f"checkpoint {checkpoint_dir}")
@@ -65,8 +67,11 @@ def run(config, checkpoint_dir: str, split: Optional[str] = None,
     out_dir = os.path.dirname(os.path.abspath(output)) if output else checkpoint_dir
     metrics = tasks.evaluate(config, Blip(model_cfg), params, data, mesh=mesh, output_dir=out_dir)
     results = {"task": config.task, "checkpoint": os.path.abspath(checkpoint_dir),
-               "dataset": f"{name}:{split}", "num_images": len(data.images),
-               "num_texts": len(data.texts), "metrics": metrics}
+               "dataset": f"{name}:{split}", "metrics": metrics}
+    if isinstance(data, tasks.VqaSplit):
+        results["num_questions"] = metrics["num_questions"]
+    else:
+        results.update(num_images=len(data.images), num_texts=len(data.texts))
     if jax.process_index() == 0:
         path = output or os.path.join(checkpoint_dir, f"eval_{config.task}_{split}.json")
         tasks.write_json(path, results)
@@ -76,12 +81,14 @@ def run(config, checkpoint_dir: str, split: Optional[str] = None,
 
 
 def format_table(results: dict) -> str:
+    counted = (f"{results['num_questions']} questions" if "num_questions" in results else
+               f"{results['num_images']} images, {results['num_texts']} texts")
     lines = [f"{results['task']} evaluation of {results['checkpoint']} on {results['dataset']} "
-             f"({results['num_images']} images, {results['num_texts']} texts)",
-             f"{'metric':<16}{'value':>10}"]
+             f"({counted})",
+             f"{'metric':<24}{'value':>10}"]
     for k, v in results["metrics"].items():
         if isinstance(v, (int, float)):
-            lines.append(f"{k:<16}{v:>10.4f}" if abs(v) < 10 else f"{k:<16}{v:>10.2f}")
+            lines.append(f"{k:<24}{v:>10.4f}" if abs(v) < 10 else f"{k:<24}{v:>10.2f}")
     return "\n".join(lines)
 
 

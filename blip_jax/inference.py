@@ -83,6 +83,61 @@ class Predictor:
             token_lists += decoding.caption_tokens_list(toks)
         return texts, token_lists
 
+    def answer(self, images: np.ndarray, questions: Sequence[str], *, method: str = "rank",
+               answers: Sequence[str] | None = None, k_test: int = 128, top_k: int = 5,
+               batch_size: int = 8, max_question_tokens: int = 35, num_beams: int = 3,
+               max_length: int = 10, min_length: int = 1) -> list[dict]:
+        """Answers for normalised images [N, H, W, 3] and their questions (a VQA checkpoint).
+
+        method "rank" (the paper's): the best of `answers` after re-scoring the first-token
+        top `k_test` by sequence likelihood; each result has "answer", "tokens" ([DEC] first)
+        and "top_k" (the `top_k` best re-scored answers with their log-likelihood "score").
+        method "generate": beam search (num_beams / max_length / min_length, the original's
+        3 / 10 / 1); "answer" and "tokens"."""
+        from blip_jax import answering  # VQA only
+
+        if self.config.decoder_context != "question":
+            raise ValueError("this checkpoint is not a VQA model (its decoder reads the image, "
+                             "not the question): fine-tune one with configs/vqa*.py or convert "
+                             "a VQA checkpoint (model_base_vqa*.pth, BlipForQuestionAnswering)")
+        if method not in ("rank", "generate"):
+            raise ValueError(f"method must be 'rank' or 'generate', got {method!r}")
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        if method == "rank":
+            cands = answering.AnswerCandidates.build(answers or [], self.tokenizer)
+            cand_ids, cand_mask = jnp.asarray(cands.ids), jnp.asarray(cands.mask)
+            top_k = min(top_k, k_test, len(cands.answers))
+        cleaned = [tok.pre_question(q) for q in questions]
+        q_ids, q_mask = self.tokenizer.encode(cleaned, max_question_tokens)
+        out: list[dict] = []
+        for start in range(0, len(images), batch_size):
+            n = min(batch_size, len(images) - start)
+            # Pad to the batch size so every call reuses one compiled program.
+            pad = lambda x: np.concatenate([x[start:start + n],
+                                            np.repeat(x[start + n - 1:start + n], batch_size - n, 0)])
+            mask = pad(q_mask)
+            states = answering.encode_questions(self.model, self.params, jnp.asarray(pad(images)),
+                                                jnp.asarray(pad(q_ids)), jnp.asarray(mask))
+            if method == "generate":
+                texts, toks = answering.generate_answers(
+                    self.model, self.params, states, mask,
+                    self.tokenizer, num_beams=num_beams, max_length=max_length,
+                    min_length=min_length)
+                out += [{"answer": t, "tokens": ids}
+                        for t, ids in zip(texts[:n], decoding.caption_tokens_list(toks[:n]))]
+                continue
+            best, top_ids, scores = answering.rank_answers(
+                self.model, self.params, states, jnp.asarray(mask), cand_ids, cand_mask, k=k_test)
+            top_ids, scores = np.asarray(top_ids), np.asarray(scores)
+            for i in range(n):
+                order = np.argsort(-scores[i], kind="stable")[:top_k]
+                out.append({"answer": cands.answers[int(best[i])],
+                            "tokens": cands.tokens(int(best[i])),
+                            "top_k": [{"answer": cands.answers[int(top_ids[i, j])],
+                                       "score": float(scores[i, j])} for j in order]})
+        return out
+
     def score(self, images: np.ndarray, texts: Sequence[str], max_length: int = 35):
         """(ITM match probability [N], ITC cosine [N]) for aligned image/text pairs."""
         if not (self.config.text_encoder and self.config.itc_itm_heads):

@@ -46,6 +46,15 @@ def pre_caption(caption: str, max_words: int = 50) -> str:
     return " ".join(words[:max_words]) if len(words) > max_words else caption
 
 
+def pre_question(question: str, max_words: int = 50) -> str:
+    """BLIP's question cleaning (data/utils.py): lower-case, drop . ! " ( ) * # : ; ~ (unlike
+    pre_caption, '?' and ',' stay and nothing becomes a space), strip trailing spaces, keep at
+    most max_words words (split on ' ')."""
+    question = re.sub(r"[.!\"()*#:;~]", "", question.lower()).rstrip(" ")
+    words = question.split(" ")
+    return " ".join(words[:max_words]) if len(words) > max_words else question
+
+
 def _read_vocab(vocab_file: str | None) -> tuple[list[str], str]:
     if vocab_file is None:
         res = importlib.resources.files(__package__ or "blip_jax") / "assets" / _VOCAB_FILE

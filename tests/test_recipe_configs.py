@@ -60,3 +60,24 @@ def test_flip_key_reaches_the_pipeline(monkeypatch):
         c.data.flip = mode
         train_input.TrainData(c)
         assert seen["flip"] == mode
+
+
+def test_vqa_recipe_is_the_originals():
+    """configs/vqa.yaml + train_vqa.py + blip_vqa.py: 480 px, drop-path 0.1, AdamW 2e-5 / wd
+    0.05 with the per-epoch cosine over 10 epochs, fine-tuning crop with flip and RandomAugment,
+    questions of at most 35 tokens, VG answers weighted 0.2, rank inference over the top 128."""
+    from blip_jax.train.defaults import check_keys
+    c = _config("vqa")
+    check_keys(c)
+    assert c.task == "vqa" and c.model.decoder_context == "question"
+    assert not c.model.itc_itm_heads and not c.model.tie_encoder_decoder
+    assert c.model.vision.image_size == 480 and c.model.vision.drop_path_rate == 0.1
+    assert (c.optim.lr, c.optim.weight_decay, c.optim.schedule) == (2e-5, 0.05, "cosine_epoch")
+    assert c.optim.warmup_steps == 0 and c.optim.min_lr == 0.0 and c.num_epochs == 10
+    assert c.batch_size == 256
+    assert tuple(c.data.crop_scale) == (0.5, 1.0) and c.data.randaugment and c.data.flip == "plain"
+    assert (c.data.max_question_words, c.data.max_question_tokens) == (50, 35)
+    assert c.data.vg_answer_weight == 0.2 and c.loss.label_smoothing == 0.1
+    assert (c.eval.vqa_inference, c.eval.k_test) == ("rank", 128)
+    assert (c.eval.num_beams, c.eval.max_length, c.eval.min_length) == (3, 10, 1)
+    check_keys(_config("vqa_tiny"))

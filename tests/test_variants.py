@@ -109,3 +109,23 @@ def test_training_data_prepends_the_prompt(tmp_path):
     batch = next(iter(loader))
     words = tok.BlipTokenizer().batch_decode(batch["text_ids"][:, 1:])
     assert all(w.startswith("a picture of ") for w in words), words
+
+
+def test_vqa_model_from_the_pretrained_model(tied):
+    """The VQA variant: question encoder <- the tied model's encoder, answer decoder <- its
+    decoder (with decoder_attention as self-attention), no ITC/ITM heads."""
+    vqa_cfg = MICRO.replace(tie_encoder_decoder=False, itc_itm_heads=False,
+                            decoder_context="question")
+    vqa = variants.adapt_params(tied, MICRO, vqa_cfg)
+    assert set(vqa) == {"vision", "text_encoder", "text_decoder"}
+    from blip_jax.checkpoint import check_params_fit
+    check_params_fit(vqa, vqa_cfg)
+    images, ids, mask = _inputs()
+
+    def answer_logits(m):  # the decoder reading the encoder's question states
+        states = m.multimodal_features(ids.at[:, 0].set(tok.ENC_ID), mask, m.image_features(images))
+        return m.lm_logits(ids.at[:, 0].set(tok.DEC_ID), mask, states, mask)
+
+    got = Blip(vqa_cfg).apply({"params": vqa}, method=answer_logits)
+    want = Blip(MICRO).apply({"params": tied}, method=answer_logits)
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -9,6 +9,7 @@ label-smoothed cross-entropy moves by at most 2x the largest logit difference (l
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -141,3 +142,71 @@ def test_candidates_pad_to_the_longest_answer():
     assert c.ids[0, 0] == tok.DEC_ID and c.tokens(0)[-1] == tok.SEP_ID
     with pytest.raises(ValueError, match="empty"):
         answering.AnswerCandidates.build([])
+
+
+@pytest.fixture(scope="module")
+def vqa_checkpoint(converted, tmp_path_factory):
+    """The converted model as a blip_jax checkpoint with an answer list, and an image."""
+    from PIL import Image
+
+    from blip_jax import checkpoint
+    _, config, params = converted
+    d = tmp_path_factory.mktemp("vqa_ckpt")
+    checkpoint.save_model(str(d / "model"), jax.tree_util.tree_map(np.asarray, params), config)
+    answers = ["yes", "no", "two", "red star", "a blue circle", "left"]
+    (d / "model" / "answer_list.json").write_text(json.dumps(answers))
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (80, 100, 3), np.uint8)).save(d / "img.png")
+    return d, answers
+
+
+def _cli(argv, capsys):
+    from blip_jax import vqa as vqa_cli
+    status = vqa_cli.main(argv)
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def test_cli_rank_json(vqa_checkpoint, capsys):
+    d, answers = vqa_checkpoint
+    status, out, _ = _cli(["--checkpoint", str(d / "model"), "--image", str(d / "img.png"),
+                           "--question", "What color is the star?", "--question", "Is it left?",
+                           "--top-k", "3", "--json"], capsys)
+    assert status == 0
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["question"] for r in rows] == ["What color is the star?", "Is it left?"]
+    for r in rows:
+        assert r["method"] == "rank" and r["image"].endswith("img.png")
+        assert r["answer"] in answers and r["tokens"][0] == tok.DEC_ID
+        assert r["tokens"][-1] == tok.SEP_ID
+        scores = [e["score"] for e in r["top_k"]]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+        assert r["top_k"][0]["answer"] == r["answer"]  # rank's winner is the best re-scored
+
+
+def test_cli_generate_and_plain_output(vqa_checkpoint, capsys):
+    d, _ = vqa_checkpoint
+    status, out, _ = _cli(["--checkpoint", str(d / "model"), "--image", str(d / "img.png"),
+                           "--question", "how many shapes?", "--method", "generate", "--json"],
+                          capsys)
+    assert status == 0
+    r = json.loads(out)
+    assert r["method"] == "generate" and "top_k" not in r and r["tokens"][0] == tok.DEC_ID
+    status, out, _ = _cli(["--checkpoint", str(d / "model"), "--image", str(d / "img.png"),
+                           "--question", "how many shapes?", "--top-k", "2"], capsys)
+    assert status == 0 and "how many shapes? -> " in out and len(out.strip().splitlines()) == 3
+
+
+def test_cli_errors_name_the_fix(vqa_checkpoint, capsys, tmp_path):
+    d, _ = vqa_checkpoint
+    base = ["--checkpoint", str(d / "model"), "--question", "q"]
+    status, _, err = _cli(base + ["--image", str(d / "img.png"), "--answers",
+                                  str(tmp_path / "none.json")], capsys)
+    assert status == 2 and f"answer list {tmp_path / 'none.json'} not found" in err
+    assert "--answers" in err
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    status, _, err = _cli(base + ["--image", str(tmp_path / "bad.png")], capsys)
+    assert status == 2 and "bad.png" in err
+    with pytest.raises(SystemExit) as e:  # argparse: 2 images for 1 question
+        _cli(base + ["--image", "a.png", "--image", "b.png"], capsys)
+    assert e.value.code == 2 and "one image per question" in capsys.readouterr().err

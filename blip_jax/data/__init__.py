@@ -4,6 +4,8 @@ prepare (CLI, ensure_synthetic), builders (TFDS builders), annotations (annotati
 synthetic (scenes, rendering, captions, noise), pipeline (make_train_loader, make_eval_data,
 scan_records), transforms (augmentation), sources (sharded record access), export (image files
 out of a dataset), report (DataError, SkipReport), worker_lifetime (grain workers end with
-their parent). Import the module you need: the pipeline brings in grain, which is slow to
+their parent). VQA: vqa_builders (one record per question, answer lists), synthetic_vqa
+(questions with annotator answers about the synthetic scenes), vqa_pipeline
+(make_vqa_train_loader, vqa_eval_batches). Import the module you need: the pipeline brings in grain, which is slow to
 import.
 """

@@ -205,19 +205,31 @@ def make_train_loader(data_dir: str, dataset_name: str | Sequence[Source], split
     _absl_flags_ready()
     # Every process opens all records; the sampler gives each its slice of every global batch.
     source = RecordSource(data_dir, normalize_sources(dataset_name, split))
+    example = _TrainExample(image_size, max_words, max_tokens, tuple(scale), randaug, tuple(randaug_ops),
+                            flip, prompt)
+    loader, batch = shuffled_batches(source, example, global_batch_size=global_batch_size, seed=seed,
+                                     num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count,
+                                     worker_count=worker_count, worker_buffer_size=worker_buffer_size,
+                                     read_threads=read_threads, read_buffer=read_buffer)
+    return TrainLoader(loader, source, batch, global_batch_size)
+
+
+def shuffled_batches(source: RecordSource, example: grain.transforms.RandomMap, *, global_batch_size: int,
+                     seed: int, num_epochs: int | None, shard_index: int, shard_count: int, worker_count: int,
+                     worker_buffer_size: int, read_threads: int, read_buffer: int) -> tuple[grain.DataLoader, int]:
+    """The grain loader of this process's slice of every seeded global batch of `source`, each
+    record through `example` (which marks bad records with "_skip"; they are dropped, logged and
+    counted). Returns (loader, per-process batch size)."""
     batch = global_batch_size // shard_count
     sampler = GlobalBatchSampler(len(source), global_batch_size, shard_index=shard_index,
                                  shard_count=shard_count, seed=seed, num_epochs=num_epochs,
                                  worker_count=worker_count)
-    ops = [_TrainExample(image_size, max_words, max_tokens, tuple(scale), randaug, tuple(randaug_ops), flip,
-                         prompt),
-           _SkipBad(limit=min(len(source), 10_000)),
-           grain.transforms.Batch(batch, drop_remainder=True)]
+    ops = [example, _SkipBad(limit=min(len(source), 10_000)), grain.transforms.Batch(batch, drop_remainder=True)]
     loader = grain.DataLoader(data_source=source, sampler=sampler, operations=ops, worker_count=worker_count,
                               worker_buffer_size=worker_buffer_size, shard_options=grain.sharding.NoSharding(),
                               read_options=grain.ReadOptions(num_threads=read_threads,
                                                              prefetch_buffer_size=read_buffer))
-    return TrainLoader(loader, source, batch, global_batch_size)
+    return loader, batch
 
 
 # ---- one pass over every record (CapFilt) -----------------------------------------------------

@@ -4,6 +4,16 @@
     python -m blip_jax.data.prepare --source coco_karpathy --data_dir DIR --annotations dataset_coco.json --image_root DIR
     python -m blip_jax.data.prepare --source synthetic --data_dir DIR --num_images 10000 --noise_rate 0.4 --seed 0
 
+VQA (one record per question, and the answer list in the dataset's answer_list.json):
+
+    python -m blip_jax.data.prepare --source blip_vqa --data_dir DIR \
+        --annotations train=vqa_train.json,vqa_val.json,vg_qa.json test=vqa_test.json \
+        --image_root COCO --vg_image_root VG [--answer_list answer_list.json]
+    python -m blip_jax.data.prepare --source vqa_v2 --data_dir DIR --image_root COCO \
+        --questions train=v2_OpenEnded_mscoco_train2014_questions.json val=... test=... \
+        --annotations train=v2_mscoco_train2014_annotations.json val=... [--answer_list FILE]
+    python -m blip_jax.data.prepare --source synthetic_vqa --data_dir DIR --num_images 2000 --seed 0
+
 Prints what it wrote and what it skipped; the same goes to prepare_report.json in the dataset's
 folder, which the input pipeline also reads (split sizes, image id ranges).
 """
@@ -23,12 +33,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from blip_jax import cli
-from blip_jax.data import builders, synthetic
+from blip_jax.data import builders, synthetic, synthetic_vqa, vqa_builders
 from blip_jax.data.annotations import split_of
 from blip_jax.data.report import DataError, write_json
 
 REPORT_FILE = "prepare_report.json"
-SOURCES = ("json", "coco_karpathy", "flickr_karpathy", "synthetic")
+SOURCES = ("json", "coco_karpathy", "flickr_karpathy", "synthetic", "blip_vqa", "vqa_v2", "synthetic_vqa")
 
 
 def dataset_dir(data_dir: str, dataset_name: str) -> str:
@@ -70,13 +80,38 @@ def build(builder: builders._ImageTextBuilder, *, overwrite: bool = False) -> di
               "splits": builder.stats, "skip_counts": builder.report.counts(), "skipped": builder.report.to_list()}
     if isinstance(builder, builders.BlipSynthetic):
         report["noise_counts"] = builder.noise_counts
+    if isinstance(builder, vqa_builders.VqaBuilder):
+        report.update(builder.report_extras())
     write_json(os.path.join(out, REPORT_FILE), report)
     return report
 
 
 def make_builder(source: str, data_dir: str, *, annotations: Sequence[str] = (), image_root: str | None = None,
-                 name: str | None = None, verify_images: bool = True,
+                 name: str | None = None, verify_images: bool = True, questions: Sequence[str] = (),
+                 vg_image_root: str | None = None, answer_list: str | None = None,
+                 answer_list_size: int = vqa_builders.ANSWER_LIST_SIZE,
                  **synthetic_kwargs: Any) -> builders._ImageTextBuilder:
+    """synthetic_kwargs: SyntheticConfig fields (source synthetic) or SyntheticVqaConfig fields
+    (synthetic_vqa); questions, vg_image_root, answer_list(_size): the VQA sources."""
+    if source == "synthetic_vqa":
+        cfg = synthetic_vqa.SyntheticVqaConfig(**synthetic_kwargs)
+        return vqa_builders.BlipSyntheticVqa(data_dir=data_dir, cfg=cfg)
+    if source == "vqa_v2":
+        if not questions or image_root is None:
+            raise DataError("--source vqa_v2 needs --questions (SPLIT=FILE ...) and --image_root (the COCO folder "
+                            "holding train2014/, val2014/, test2015/)")
+        return vqa_builders.BlipVqaV2(data_dir=data_dir, questions=questions, annotations=annotations,
+                                      image_root=image_root, answer_list=answer_list,
+                                      answer_list_size=answer_list_size, verify_images=verify_images)
+    if source == "blip_vqa":
+        if not annotations or image_root is None:
+            raise DataError("--source blip_vqa needs --annotations (SPLIT=FILE[,FILE...] ...) and --image_root "
+                            "(the COCO folder; VG questions also need --vg_image_root)")
+        first = vqa_builders.split_files(annotations[:1])
+        stem = os.path.splitext(os.path.basename(next(iter(first.values()))[0]))[0]
+        return vqa_builders.BlipVqa(data_dir=data_dir, name=name or stem, annotations=annotations,
+                                    image_root=image_root, vg_image_root=vg_image_root, answer_list=answer_list,
+                                    answer_list_size=answer_list_size, verify_images=verify_images)
     if source == "synthetic":
         return builders.BlipSynthetic(data_dir=data_dir, cfg=synthetic.SyntheticConfig(**synthetic_kwargs))
     if source not in SOURCES:
@@ -121,13 +156,34 @@ def ensure_synthetic(data_dir: str, **kwargs: Any) -> str:
     return build(builder)["dataset"]
 
 
+def synthetic_vqa_dataset_name(**kwargs: Any) -> str:
+    """The name ensure_synthetic_vqa(data_dir, **kwargs) returns, without writing anything."""
+    return f"blip_synthetic_vqa/{synthetic_vqa.SyntheticVqaConfig(**kwargs).name}"
+
+
+def ensure_synthetic_vqa(data_dir: str, **kwargs: Any) -> str:
+    """ensure_synthetic for the synthetic VQA task (SyntheticVqaConfig kwargs): writes it unless
+    it is already in data_dir, returns its name. One writer per data_dir, as ensure_synthetic."""
+    builder = make_builder("synthetic_vqa", data_dir, **kwargs)
+    if not os.path.exists(os.path.join(builder.data_dir, REPORT_FILE)):
+        logging.getLogger(__name__).info("writing synthetic VQA data to %s", builder.data_dir)
+    return build(builder)["dataset"]
+
+
 def summary(report: dict[str, Any]) -> str:
     verb = "already prepared (use --overwrite to rebuild)" if report.get("reused") else "wrote"
     lines = [f"{verb} {report['dataset']} at {report['path']}"]
+    unit = report.get("record_unit", "records")
     for split, s in report["splits"].items():
-        lines.append(f"  {split}: {s['records']} records, {s['images']} images")
+        per_dataset = "".join(f", {n} {d}" for d, n in s.get("questions", {}).items() if len(s["questions"]) > 1)
+        lines.append(f"  {split}: {s['records']} {unit}, {s['images']} images{per_dataset}")
     if "noise_counts" in report:
         lines.append(f"  train_web text kinds: {report['noise_counts']}")
+    for split, types in report.get("question_types", {}).items():
+        lines.append(f"  {split} question types: " + ", ".join(f"{n} {t}" for t, n in types.items()))
+    if "answer_list" in report:
+        a = report["answer_list"]
+        lines.append(f"  answer list: {a['answers']} answers ({a['source']}) in {a['file']}")
     skipped = report["skipped"]
     if skipped:
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(report["skip_counts"].items()))
@@ -147,10 +203,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data_dir", required=True, help="TFDS data dir to write into")
     p.add_argument("--annotations", nargs="+", default=[],
                    help="json: BLIP-format files, each optionally SPLIT=FILE (default split: train); "
-                        "karpathy: dataset_coco.json / dataset_flickr30k.json")
-    p.add_argument("--image_root", help="folder the annotation image paths are relative to")
+                        "karpathy: dataset_coco.json / dataset_flickr30k.json; blip_vqa: SPLIT=FILE[,FILE...] "
+                        "(vqa_train.json, vg_qa.json, vqa_test.json, ...); vqa_v2: SPLIT=FILE of the "
+                        "official annotations (none for test)")
+    p.add_argument("--image_root", help="folder the annotation image paths are relative to "
+                                        "(VQA: the COCO folder)")
+    p.add_argument("--vg_image_root", help="blip_vqa: folder the image paths of 'dataset': 'vg' questions "
+                                           "are relative to")
+    p.add_argument("--questions", nargs="+", default=[],
+                   help="vqa_v2: SPLIT=FILE of the official questions files (train, val, test, ...)")
+    p.add_argument("--answer_list", help="blip_vqa / vqa_v2: the candidate answers (a JSON list, BLIP's "
+                                         "answer_list.json); default: the most frequent training answers")
+    p.add_argument("--answer_list_size", type=int, default=vqa_builders.ANSWER_LIST_SIZE,
+                   help="blip_vqa / vqa_v2 without --answer_list: how many of the most frequent answers")
+    p.add_argument("--questions_per_image", type=int, default=3, help="synthetic_vqa: questions per image")
     p.add_argument("--name", help="json: dataset config name (default: the first annotation file's stem)")
-    p.add_argument("--num_images", type=int, default=10000, help="synthetic: train_web images")
+    p.add_argument("--num_images", type=int, default=None,
+                   help="synthetic: train_web images (default 10000); synthetic_vqa: train images (default 2000)")
     p.add_argument("--noise_rate", type=float, default=0.4,
                    help="synthetic: fraction of train_web texts not true of their image")
     p.add_argument("--nondescript_rate", type=float, default=0.0,
@@ -158,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--clean_images", type=int, default=None,
                    help="synthetic: train_clean images (default num_images // 5)")
     p.add_argument("--eval_images", type=int, default=None,
-                   help="synthetic: val and test images each (default num_images // 10)")
+                   help="synthetic, synthetic_vqa: val and test images each (default num_images // 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image_size", type=int, default=96, help="synthetic: rendered side in pixels")
     p.add_argument("--overwrite", action="store_true", help="rebuild a dataset that already exists")
@@ -167,13 +236,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     kwargs: dict[str, Any] = {}
     if args.source == "synthetic":
-        kwargs = dict(num_images=args.num_images, noise_rate=args.noise_rate, seed=args.seed,
+        kwargs = dict(num_images=10000 if args.num_images is None else args.num_images,
+                      noise_rate=args.noise_rate, seed=args.seed,
                       image_size=args.image_size, nondescript_rate=args.nondescript_rate,
                       clean_images=args.clean_images, eval_images=args.eval_images)
+    if args.source == "synthetic_vqa":
+        kwargs = dict(num_images=2000 if args.num_images is None else args.num_images,
+                      eval_images=args.eval_images, seed=args.seed,
+                      questions_per_image=args.questions_per_image, image_size=args.image_size)
     cli.check_output_dir(args.data_dir, "--data_dir")
     builder = make_builder(args.source, args.data_dir, annotations=args.annotations,
                            image_root=args.image_root, name=args.name,
-                           verify_images=not args.no_verify_images, **kwargs)
+                           verify_images=not args.no_verify_images, questions=args.questions,
+                           vg_image_root=args.vg_image_root, answer_list=args.answer_list,
+                           answer_list_size=args.answer_list_size, **kwargs)
     report = build(builder, overwrite=args.overwrite)  # DataError etc.: one line (blip_jax.cli)
     print(summary(report))
     print(f"read it with tfds.data_source({report['dataset']!r}, data_dir={args.data_dir!r})")

@@ -1,5 +1,6 @@
 """Evaluation protocols: image-text retrieval as in the BLIP paper (ITC shortlist + ITM re-rank)
-and the COCO caption metrics."""
+the COCO caption metrics, and VQA accuracy (vqa_accuracy: the official tool's; vqa: answering
+a split and scoring it)."""
 
 from blip_jax.evaluation.captioning import (caption_agnostic_baseline, caption_metrics,
                                             write_results)

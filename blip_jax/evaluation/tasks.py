@@ -8,6 +8,10 @@ evaluation protocols (retrieval, captioning). Used by the trainer's periodic eva
 - task "caption": captions for every image of the split (beam search or nucleus sampling as
   config.eval says, prompt config.loss.prompt stripped) scored against all references with the
   COCO caption metrics.
+- task "vqa": every question of the split answered (config.eval.vqa_inference: rank over the
+  dataset's answer list, or generate), the results written in the VQA server's format, and VQA
+  accuracy where the split has annotator answers (blip_jax/evaluation/vqa.py). The split is
+  streamed, not loaded: `load_eval_data` returns a `VqaSplit` naming it.
 """
 
 from __future__ import annotations
@@ -30,12 +34,24 @@ from blip_jax.evaluation import retrieval
 from blip_jax.image import normalize
 from blip_jax.models.blip import Blip
 
-TASKS = ("pretrain", "retrieval", "caption")
+TASKS = ("pretrain", "retrieval", "caption", "vqa")
+
+
+@dataclasses.dataclass(frozen=True)
+class VqaSplit:
+    """A VQA split to stream through evaluation (questions are read batch by batch)."""
+
+    data_dir: str
+    dataset_name: str
+    split: str
 
 
 def load_eval_data(config: ml_collections.ConfigDict, data_dir: str, dataset_name: str,
-                   split: str) -> pipeline.EvalData:
-    """The split as EvalData, cut to its first config.eval.max_images images (0 = all)."""
+                   split: str) -> pipeline.EvalData | VqaSplit:
+    """The split as EvalData, cut to its first config.eval.max_images images (0 = all); for
+    task vqa a VqaSplit (config.eval.max_images then caps the questions)."""
+    if config.task == "vqa":
+        return VqaSplit(data_dir, dataset_name, split)
     data = pipeline.make_eval_data(data_dir, dataset_name, split,
                                    image_size=config.model.vision.image_size,
                                    max_words=config.data.max_words,
@@ -57,11 +73,17 @@ def first_images(data: pipeline.EvalData, n: int) -> pipeline.EvalData:
 
 
 def evaluate(config: ml_collections.ConfigDict, model: Blip, params: Any,
-             data: pipeline.EvalData, *, mesh=None, output_dir: Optional[str] = None) -> dict:
+             data: pipeline.EvalData | VqaSplit, *, mesh=None,
+             output_dir: Optional[str] = None) -> dict:
     """The metrics of config.task on `data` (see the module doc). `output_dir`: where the
-    caption task writes its generated captions (COCO results JSON)."""
+    caption task writes its generated captions (COCO results JSON) and the vqa task its
+    answers (VQA server JSON)."""
     if config.task not in TASKS:
         raise ValueError(f"config.task={config.task!r}: use one of {TASKS}")
+    if config.task == "vqa":
+        from blip_jax.evaluation import vqa  # the VQA data stack loads only for this task
+        return vqa.evaluate_vqa(config, model, params, data.data_dir, data.dataset_name,
+                                data.split, output_dir)
     if config.task == "caption":
         return evaluate_captioning(config, model, params, data, output_dir=output_dir)
     return evaluate_retrieval(config, model, params, data, mesh=mesh)

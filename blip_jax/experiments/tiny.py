@@ -96,4 +96,34 @@ def retrieval(steps: int = 600) -> ml_collections.ConfigDict:
     return c
 
 
-__all__ = ["NUM_IMAGES", "caption", "pretrain", "retrieval"]
+def vqa(steps: int = 600) -> ml_collections.ConfigDict:
+    """The VQA model (ViT + question encoder + answer decoder cross-attending to the question
+    states): the weighted answer loss on the synthetic VQA task's train split, from the tiny
+    pre-trained model (its encoder -> question encoder, its decoder -> answer decoder);
+    evaluation ranks the task's whole answer list (k = all of it)."""
+    c = _common(base_config("tiny", tie_encoder_decoder=False, itc_itm_heads=False,
+                            decoder_context="question"), steps)
+    c.task = "vqa"
+    c.data.train_sources = [("synthetic_vqa", "train")]
+    c.data.eval_source = ("synthetic_vqa", "val")
+    # 1000 images x 6 questions: 187 steps per epoch, so 600 steps are 3.2 epochs (as caption()).
+    c.data.synthetic_num_images = 1000
+    c.data.synthetic_vqa_questions_per_image = 6
+    c.data.max_question_tokens = 20
+    c.data.max_answers = 5  # the synthetic annotators give at most 5 distinct answers
+    c.data.max_answer_tokens = 6
+    c.checkpoint_every_steps = steps
+    c.optim.schedule = "cosine_epoch"  # the original's per-epoch cosine, no warm-up
+    c.optim.lr = 5e-4
+    c.optim.warmup_steps = 0
+    c.optim.min_lr = 0.0
+    c.loss.itc_weight = c.loss.itm_weight = 0.0
+    c.eval.max_images = 0  # every question of the split
+    c.eval.batch_size = 100
+    c.eval.k_test = 128
+    c.eval.max_length = 10
+    c.eval.min_length = 1
+    return c
+
+
+__all__ = ["NUM_IMAGES", "caption", "pretrain", "retrieval", "vqa"]

@@ -14,44 +14,72 @@ from blip_jax.data import pipeline, prepare
 from blip_jax.evaluation import tasks
 
 SYNTHETIC = "synthetic"  # config alias for the built-in synthetic dataset of config.data
+SYNTHETIC_VQA = "synthetic_vqa"  # ... and for the built-in synthetic VQA task
 
 
 def data_dir(config: ml_collections.ConfigDict) -> str:
     return os.path.abspath(os.path.expanduser(config.data.data_dir))
 
 
-def synthetic_name(config: ml_collections.ConfigDict) -> str:
-    """TFDS name of the configured synthetic dataset, writing it first if it is absent and
-    config.data.prepare_synthetic is set (process 0 writes, the others wait)."""
-    kwargs = prepare.synthetic_kwargs(config.data)
+def _synthetic_vqa_kwargs(data: ml_collections.ConfigDict) -> dict:
+    return dict(num_images=data.synthetic_num_images,
+                eval_images=data.synthetic_eval_images or None,
+                questions_per_image=data.synthetic_vqa_questions_per_image,
+                seed=data.synthetic_seed)
+
+
+def _ensure(config: ml_collections.ConfigDict, name_fn, ensure_fn, kwargs: dict) -> str:
+    """The dataset name, writing it first if absent and config.data.prepare_synthetic is set
+    (process 0 writes, the others wait)."""
     if not config.data.prepare_synthetic:
-        return prepare.synthetic_dataset_name(**kwargs)
+        return name_fn(**kwargs)
     if jax.process_index() == 0:
-        name = prepare.ensure_synthetic(data_dir(config), **kwargs)
+        name = ensure_fn(data_dir(config), **kwargs)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("blip_jax_synthetic_ready")
         if jax.process_index() != 0:
-            name = prepare.ensure_synthetic(data_dir(config), **kwargs)
+            name = ensure_fn(data_dir(config), **kwargs)
     return name
 
 
+def synthetic_name(config: ml_collections.ConfigDict) -> str:
+    """TFDS name of the configured synthetic dataset (written on first use, see _ensure)."""
+    return _ensure(config, prepare.synthetic_dataset_name, prepare.ensure_synthetic,
+                   prepare.synthetic_kwargs(config.data))
+
+
 def resolve(config: ml_collections.ConfigDict, name: str) -> str:
-    return synthetic_name(config) if name == SYNTHETIC else name
+    if name == SYNTHETIC:
+        return synthetic_name(config)
+    if name == SYNTHETIC_VQA:
+        return _ensure(config, prepare.synthetic_vqa_dataset_name, prepare.ensure_synthetic_vqa,
+                       _synthetic_vqa_kwargs(config.data))
+    return name
 
 
 class TrainData:
-    """The training sources of `config` for this process (per-process batch = global / processes)."""
+    """The training sources of `config` for this process (per-process batch = global / processes):
+    image-text pairs, or questions with weighted answers for task vqa."""
 
     def __init__(self, config: ml_collections.ConfigDict):
-        sources = [(resolve(config, name), split) for name, split in config.data.train_sources]
-        self.loader = pipeline.make_train_loader(
-            data_dir(config), sources, global_batch_size=config.batch_size,
-            image_size=config.model.vision.image_size, max_words=config.data.max_words,
-            max_tokens=config.data.max_tokens, seed=config.seed,
-            shard_index=jax.process_index(), shard_count=jax.process_count(),
-            worker_count=config.data.workers, scale=tuple(config.data.crop_scale),
-            randaug=config.data.randaugment, flip=config.data.flip,
-            prompt=config.loss.prompt)
+        self.sources = [(resolve(config, name), split) for name, split in config.data.train_sources]
+        d = config.data
+        common = dict(global_batch_size=config.batch_size,
+                      image_size=config.model.vision.image_size, seed=config.seed,
+                      shard_index=jax.process_index(), shard_count=jax.process_count(),
+                      worker_count=d.workers, scale=tuple(d.crop_scale), randaug=d.randaugment,
+                      flip=d.flip)
+        if config.task == "vqa":
+            from blip_jax.data import vqa_pipeline  # the VQA data stack loads only for VQA
+            self.loader = vqa_pipeline.make_vqa_train_loader(
+                data_dir(config), self.sources, max_question_words=d.max_question_words,
+                max_question_tokens=d.max_question_tokens, max_answers=d.max_answers,
+                max_answer_tokens=d.max_answer_tokens, vg_answer_weight=d.vg_answer_weight,
+                **common)
+        else:
+            self.loader = pipeline.make_train_loader(
+                data_dir(config), self.sources, max_words=d.max_words, max_tokens=d.max_tokens,
+                prompt=config.loss.prompt, **common)
 
     @property
     def num_examples(self) -> int:

@@ -292,11 +292,26 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if step == config.total_steps:
             export_model(os.path.join(workdir, "model"), state, setup.model_config,
                          config.task)
+            if config.task == "vqa" and is_main:
+                _export_answer_list(os.path.join(workdir, "model"), config, data.sources[0][0])
     finally:
         signal.signal(signal.SIGTERM, previous)
         ckpt.close()
         writer.close()
     return last_logged
+
+
+def _export_answer_list(model_dir: str, config: ml_collections.ConfigDict, dataset: str) -> None:
+    """A VQA model keeps its training data's answer list next to its params, so rank inference
+    (`python -m blip_jax.vqa`) finds the candidates it was trained to rank."""
+    import json
+
+    from blip_jax.data import vqa_builders
+    from blip_jax.train import input as train_input
+
+    answers = vqa_builders.load_answer_list(train_input.data_dir(config), dataset)
+    with open(os.path.join(model_dir, "answer_list.json"), "w") as f:
+        json.dump(answers, f)
 
 
 def export_model(directory: str, state: TrainState, model_config: BlipConfig, task: str) -> None:
