@@ -64,6 +64,22 @@ class _Tokenizing:
         return ids[0], mask[0]
 
 
+def train_image(data: bytes, where: str, image_size: int, scale: tuple[float, float], flip: str,
+                randaug: bool, randaug_ops: Sequence[str], rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """The training transform of one encoded image: RandomResizedCrop, horizontal flip with
+    probability 0.5 (unless flip="none"), RandAugment, CLIP normalisation. Returns (float32
+    [S, S, 3], whether it was flipped: the caller swaps left/right in its text for "swap").
+    Raises ImageError for an image that does not decode."""
+    img = decode_rgb(data, where, transforms.draft_size(image_size, scale))
+    img = transforms.random_resized_crop(img, image_size, scale, rng)
+    flipped = flip != "none" and rng.random() < 0.5
+    if flipped:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    if randaug:
+        img = transforms.rand_augment(img, rng, ops=randaug_ops)
+    return normalize(np.asarray(img, np.uint8)), flipped
+
+
 @dataclasses.dataclass
 class _TrainExample(grain.transforms.RandomMap, _Tokenizing):
     image_size: int
@@ -78,15 +94,10 @@ class _TrainExample(grain.transforms.RandomMap, _Tokenizing):
     def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         where = element["where"]
         try:
-            img = decode_rgb(element["image"], where, transforms.draft_size(self.image_size, self.scale))
+            image, flipped = train_image(element["image"], where, self.image_size, self.scale, self.flip,
+                                         self.randaug, self.randaug_ops, rng)
         except ImageError as e:
             return {"_skip": str(e)}
-        img = transforms.random_resized_crop(img, self.image_size, self.scale, rng)
-        flipped = self.flip != "none" and rng.random() < 0.5
-        if flipped:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        if self.randaug:
-            img = transforms.rand_augment(img, rng, ops=self.randaug_ops)
         captions = element["captions"]
         text = pre_caption(captions[int(rng.integers(len(captions)))] if captions else "", self.max_words)
         if not text:
@@ -96,7 +107,7 @@ class _TrainExample(grain.transforms.RandomMap, _Tokenizing):
         # Captioning fine-tunes prepend the prompt to every target ("a picture of " + caption),
         # as the original does; the LM loss skips its tokens.
         ids, mask = self.encode(self.prompt + text, self.max_tokens)
-        return {"image": normalize(np.asarray(img, np.uint8)), "text_ids": ids, "text_mask": mask,
+        return {"image": image, "text_ids": ids, "text_mask": mask,
                 "image_id": np.int32(element["image_id"])}
 
 

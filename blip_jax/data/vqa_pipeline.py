@@ -41,7 +41,7 @@ from PIL import Image
 from blip_jax.data import transforms
 from blip_jax.data.decode import decode_rgb
 from blip_jax.data.pipeline import (FLIP_MODES, TrainIterator, TrainLoader, _LOG_FIRST, _Tokenizing,
-                                    _absl_flags_ready, shuffled_batches)
+                                    _absl_flags_ready, shuffled_batches, train_image)
 from blip_jax.data.sources import RecordSource, Source, normalize_sources
 from blip_jax.image import ImageError, normalize
 from blip_jax.tokenizer import SEP_ID, BlipTokenizer, pre_question  # pre_question: re-exported
@@ -100,15 +100,10 @@ class _VqaTrainExample(grain.transforms.RandomMap, _Tokenizing):
         if not merged or not question:
             return {"_skip": f"{where}: {'training question without answers' if question else 'empty question'}"}
         try:
-            img = decode_rgb(element["image"], where, transforms.draft_size(self.image_size, self.scale))
+            image, flipped = train_image(element["image"], where, self.image_size, self.scale, self.flip,
+                                         self.randaug, self.randaug_ops, rng)
         except ImageError as e:
             return {"_skip": str(e)}
-        img = transforms.random_resized_crop(img, self.image_size, self.scale, rng)
-        flipped = self.flip != "none" and rng.random() < 0.5
-        if flipped:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        if self.randaug:
-            img = transforms.rand_augment(img, rng, ops=self.randaug_ops)
         if flipped and self.flip == "swap":
             question = transforms.swap_left_right(question)
             merged = {transforms.swap_left_right(a): w for a, w in merged.items()}
@@ -121,7 +116,7 @@ class _VqaTrainExample(grain.transforms.RandomMap, _Tokenizing):
         a_ids, a_mask, truncated = self._encode_answers([a for a, _ in answers], where)
         weight = np.zeros(self.max_answers, np.float32)
         weight[:len(answers)] = [w for _, w in answers]
-        return {"image": normalize(np.asarray(img, np.uint8)), "question_ids": q_ids, "question_mask": q_mask,
+        return {"image": image, "question_ids": q_ids, "question_mask": q_mask,
                 "answer_ids": a_ids, "answer_mask": a_mask, "answer_weight": weight,
                 "_answers_dropped": np.int32(dropped), "_answers_truncated": np.int32(truncated)}
 
