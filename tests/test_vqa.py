@@ -210,3 +210,30 @@ def test_cli_errors_name_the_fix(vqa_checkpoint, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:  # argparse: 2 images for 1 question
         _cli(base + ["--image", "a.png", "--image", "b.png"], capsys)
     assert e.value.code == 2 and "one image per question" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_synthetic_vqa_learns(tmp_path):
+    """The tiny VQA recipe at reduced scale, from random weights: after 200 steps the answers
+    beat the split's most common answer by far. (From random weights in so few steps the model
+    learns the answers' structure per question type, not yet the image: the README's run from
+    the tiny pre-trained model is the one that beats the per-type prior.) Measured with these
+    settings: 42.2 against a majority answer at 14.5; 150 steps on 200 images gave 22.5."""
+    from blip_jax import evaluate
+    from blip_jax.experiments import tiny
+    from blip_jax.train.trainer import train
+
+    c = tiny.vqa(200)
+    c.data.data_dir = str(tmp_path / "data")
+    c.data.synthetic_num_images = 300
+    c.data.synthetic_eval_images = 50
+    c.batch_size = 16
+    c.data.workers = 0
+    train(c, str(tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / "model" / "answer_list.json").read_text())
+    r = evaluate.run(c, str(tmp_path / "run" / "model"), split="val")["metrics"]
+    assert r["num_questions"] == 50 * c.data.synthetic_vqa_questions_per_image
+    assert r["unanswered"] == 0
+    assert r["vqa_accuracy"] > r["majority_answer_accuracy"] + 15, r
+    results = json.loads((tmp_path / "run" / "model" / "vqa_result_val.json").read_text())
+    assert len(results) == r["num_questions"] and set(results[0]) == {"question_id", "answer"}
