@@ -461,3 +461,27 @@ def test_tied_equals_untied_copies(tied_setup):
     np.testing.assert_allclose(g_t["text_encoder/layer_0/decoder_attention/query/kernel"],
                                g_u["text_decoder/layer_0/attention/query/kernel"],
                                rtol=1e-4, atol=1e-7)
+
+
+def test_original_vqa_file_converts(tmp_path):
+    """model_base_vqa_capfilt_large.pth's layout (BLIP_VQA: visual_encoder.*, text_encoder.* a
+    BertModel with cross-attention, text_decoder.bert.* + text_decoder.cls.* the answer decoder,
+    no heads, no momentum): the architecture is read off the keys as the VQA variant (decoder
+    reading the question states) and every tensor lands in place."""
+    torch = pytest.importorskip("torch")
+    config = preset("tiny", tie_encoder_decoder=False, itc_itm_heads=False,
+                    decoder_context="question")
+    params = _random_params(config, 21)
+    sd = mapping.export_state_dict(params, mapping.ORIGINAL, tied=False)
+    assert any(k.startswith("text_decoder.cls.") for k in sd)
+    assert not any(k.startswith(("vision_proj", "itm_head", "text_encoder_m")) for k in sd)
+    positions = np.arange(config.text.max_position_embeddings)[None]
+    for prefix in ("text_encoder.", "text_decoder.bert."):
+        sd[prefix + "embeddings.position_ids"] = positions
+    path = tmp_path / "model_base_vqa_capfilt_large.pth"
+    torch.save({"model": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}}, str(path))
+    cfg, loaded, extras, _ = load_original(str(path))
+    assert (cfg.decoder_context, cfg.tie_encoder_decoder, cfg.itc_itm_heads,
+            cfg.text_encoder, cfg.text_decoder) == ("question", False, False, True, True)
+    assert "momentum" not in extras
+    _assert_trees_equal(loaded, params, "params")
