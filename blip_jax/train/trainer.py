@@ -140,6 +140,12 @@ def build(config: ml_collections.ConfigDict, steps_per_epoch: int, mesh=None,
     if lc.itm_negatives not in ("global", "local"):
         raise ValueError(f"config.loss.itm_negatives={lc.itm_negatives!r}: use global or local")
     if config.task == "vqa":
+        if lc.grad_accum_steps > 1 or lc.uses_itc:
+            raise ValueError("task vqa trains the answer loss alone, in one pass: set "
+                             "config.loss.itc_weight = itm_weight = 0 and grad_accum_steps = 1")
+        if model_cfg.decoder_context != "question":
+            raise ValueError("task vqa needs the VQA model: config.model.decoder_context="
+                             "'question' (the answer decoder reads the question states)")
         step_fn = jit_train_step(
             vqa_step.make_vqa_train_step(model, tx, lc.label_smoothing, schedule, mesh),
             shardings, mesh, batch_ndims=vqa_step.BATCH_NDIMS)
