@@ -237,3 +237,22 @@ def test_synthetic_vqa_learns(tmp_path):
     assert r["vqa_accuracy"] > r["majority_answer_accuracy"] + 15, r
     results = json.loads((tmp_path / "run" / "model" / "vqa_result_val.json").read_text())
     assert len(results) == r["num_questions"] and set(results[0]) == {"question_id", "answer"}
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(task="caption"), "decoder_context='question' is the VQA model"),
+    (dict(loss_itc=1.0), "answer loss alone"),
+    (dict(task="vqa_typo"), "config.task='vqa_typo'"),
+])
+def test_task_and_model_must_fit(change, message):
+    from blip_jax.experiments import tiny
+    from blip_jax.train import trainer
+    c = tiny.vqa(10)
+    if "task" in change:
+        c.task = change["task"]
+    if "loss_itc" in change:
+        c.loss.itc_weight = change["loss_itc"]
+    with pytest.raises(ValueError, match=message):
+        trainer.check_task(c)
+    trainer.check_task(tiny.vqa(10))
+    trainer.check_task(tiny.caption(10))

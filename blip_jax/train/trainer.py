@@ -58,6 +58,26 @@ def check_config_keys(config: ml_collections.ConfigDict) -> None:
     walk(config, reference, "config.")
 
 
+TASKS = ("pretrain", "caption", "retrieval", "vqa")
+
+
+def check_task(config: ml_collections.ConfigDict) -> None:
+    """config.task is known and its losses and model fit it (checked before any data is read)."""
+    if config.task not in TASKS:
+        raise ValueError(f"config.task={config.task!r}: use one of {', '.join(TASKS)}")
+    if config.task == "vqa":
+        lc = config.loss
+        if lc.itc_weight or lc.itm_weight or lc.grad_accum_steps > 1:
+            raise ValueError("task vqa trains the answer loss alone, in one pass: set "
+                             "config.loss.itc_weight = itm_weight = 0 and grad_accum_steps = 1")
+        if config.model.decoder_context != "question":
+            raise ValueError("task vqa needs the VQA model: config.model.decoder_context="
+                             "'question' (the answer decoder reads the question states)")
+    elif config.model.decoder_context == "question":
+        raise ValueError(f"config.model.decoder_context='question' is the VQA model: use "
+                         f"task vqa, or decoder_context='image' for task {config.task}")
+
+
 def loss_config(config: ml_collections.ConfigDict, steps_per_epoch: int,
                 prompt_length: int) -> LossConfig:
     lc = config.loss
@@ -103,6 +123,7 @@ def build(config: ml_collections.ConfigDict, steps_per_epoch: int, mesh=None,
     """Model, mesh, sharded initial state and the jitted step for `config`. `init_params` /
     `init_start`: see `initial_params` / `initial_start`. `optimizer` replaces config.optim's
     AdamW (tests use plain SGD, whose update is the gradient itself)."""
+    check_task(config)
     model_cfg = BlipConfig.from_dict(config.model.to_dict())
     mesh = mesh or parallel.make_mesh(dict(config.mesh))
     # Captioning prompt: its tokens after [DEC] are not LM targets.
@@ -140,12 +161,6 @@ def build(config: ml_collections.ConfigDict, steps_per_epoch: int, mesh=None,
     if lc.itm_negatives not in ("global", "local"):
         raise ValueError(f"config.loss.itm_negatives={lc.itm_negatives!r}: use global or local")
     if config.task == "vqa":
-        if lc.grad_accum_steps > 1 or lc.uses_itc:
-            raise ValueError("task vqa trains the answer loss alone, in one pass: set "
-                             "config.loss.itc_weight = itm_weight = 0 and grad_accum_steps = 1")
-        if model_cfg.decoder_context != "question":
-            raise ValueError("task vqa needs the VQA model: config.model.decoder_context="
-                             "'question' (the answer decoder reads the question states)")
         step_fn = jit_train_step(
             vqa_step.make_vqa_train_step(model, tx, lc.label_smoothing, schedule, mesh),
             shardings, mesh, batch_ndims=vqa_step.BATCH_NDIMS)
@@ -226,6 +241,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from blip_jax.train import input as train_input  # the data stack loads only when training
 
     check_config_keys(config)
+    check_task(config)
     data = train_input.TrainData(config)
     steps_per_epoch = config.steps_per_epoch or max(1, data.num_examples // config.batch_size)
     if config.num_epochs:
