@@ -70,6 +70,12 @@ def main(argv=None) -> int:
                      f"image per question, or one image for all")
     if args.top_k < 1 or args.k_test < 1:
         parser.error("--top-k and --k-test must be >= 1")
+    from blip_jax import checkpoint  # after parsing: --help stays instant
+
+    if checkpoint.load_config(args.checkpoint).decoder_context != "question":
+        raise cli.UserError(f"{args.checkpoint} is not a VQA model (its decoder reads the image, "
+                            f"not the question): fine-tune one with configs/vqa*.py or convert "
+                            f"a VQA checkpoint (model_base_vqa*.pth, BlipForQuestionAnswering)")
     answers = None
     if args.method == "rank":
         answers = _load_answers(args.answers or os.path.join(args.checkpoint, ANSWER_LIST))

@@ -40,6 +40,8 @@ def test_user_errors_are_one_line(tmp_path):
         ("blip_jax.data.prepare", "--source", "synthetic", "--data_dir", str(a_file)):
             ["--data_dir", str(a_file), "not a directory"],
         ("blip_jax.demo", "--workdir", str(a_file)): ["--workdir", str(a_file)],
+        ("blip_jax.vqa", "--checkpoint", missing, "--image", image, "--question", "q"):
+            ["no model checkpoint", missing],
         ("blip_jax.experiments.bootstrap", f"--workdir={tmp_path / 'b'}", "--rows=oracle"):
             ["--rows", "baseline"],
     }
