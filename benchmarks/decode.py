@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -28,20 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common
 from blip_jax import decoding, tokenizer as tok
 from blip_jax.convert import export_hf, load_hf
 from blip_jax.models import Blip, init_params, preset
 
 MAX_LENGTH, MIN_LENGTH, NUM_BEAMS, TOP_P = 20, 5, 3, 0.9
-
-
-def median_time(fn, repeats: int) -> tuple[float, list[float], object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), times, out
 
 
 def build(config_name: str, image_size: int, workdir: str):
@@ -105,17 +94,17 @@ def main() -> int:
 
     vit(params, jnp.asarray(images)).block_until_ready()  # compile
     vision_theirs()  # warm-up: torch's first call pays one-off allocation and dispatch costs
-    ours_vit, ours_vit_all, _ = median_time(
+    ours_vit, ours_vit_all, _ = common.median_time(
         lambda: vit(params, jnp.asarray(images)).block_until_ready(), args.repeats)
-    theirs_vit, theirs_vit_all, _ = median_time(vision_theirs, args.repeats)
+    theirs_vit, theirs_vit_all, _ = common.median_time(vision_theirs, args.repeats)
     rows = []
     for method in ("beam", "nucleus"):
         t = time.perf_counter()
         run_ours(method)  # compile
         compile_s = time.perf_counter() - t
         run_theirs(method)  # warm-up
-        ours_s, ours_all, ours_tokens = median_time(lambda: run_ours(method), args.repeats)
-        theirs_s, theirs_all, theirs_tokens = median_time(lambda: run_theirs(method), args.repeats)
+        ours_s, ours_all, ours_tokens = common.median_time(lambda: run_ours(method), args.repeats)
+        theirs_s, theirs_all, theirs_tokens = common.median_time(lambda: run_theirs(method), args.repeats)
         row = {"method": method, "batch": args.batch,
                "ours_seconds_median": ours_s, "ours_seconds_all": ours_all,
                "ours_compile_seconds": compile_s,
@@ -150,15 +139,8 @@ def main() -> int:
            "transformers_vision_seconds_all": theirs_vit_all,
            "settings": {"max_length": MAX_LENGTH, "min_length": MIN_LENGTH,
                         "num_beams": NUM_BEAMS, "top_p": TOP_P, "length_norm": "generated"},
-           "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(),
-           "platform": platform.platform(), "processor": platform.processor(),
-           "cpu_count": os.cpu_count(), "devices": str(jax.devices()[0]),
-           "versions": {"jax": jax.__version__, "torch": torch.__version__,
-                        "transformers": __import__("transformers").__version__},
-           "command": "python benchmarks/decode.py " + " ".join(sys.argv[1:])}
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(__file__), "results", "decode.json"), "w") as f:
-        json.dump(out, f, indent=2)
+           **common.machine_with_torch()}
+    common.write_result("decode", out)
     return 0
 
 

@@ -11,7 +11,6 @@ process's peak RSS. Prints a table and writes benchmarks/results/train_step.json
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -23,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common
 from blip_jax import parallel
 from blip_jax.models import preset
 from blip_jax.train import trainer
@@ -108,11 +108,8 @@ def main() -> int:
               f"{r['achieved_flops_per_sec'] / 1e9:>8.1f} {100 * r['mfu']:>5.1f}% {temp:>11.1f}")
     print(f"peak RSS of this process: {peak_rss / 2**30:.2f} GiB")
     out = {"matmul_peak_flops_per_sec": peak, "peak_rss_bytes": peak_rss, "rows": rows,
-           "platform": platform.platform(), "devices": str(jax.devices()[0]),
-           "command": "python benchmarks/train_step.py " + " ".join(sys.argv[1:])}
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(__file__), "results", "train_step.json"), "w") as f:
-        json.dump(out, f, indent=2)
+           "platform": platform.platform(), "devices": str(jax.devices()[0])}
+    common.write_result("train_step", out)
     return 0
 
 

@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -41,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common
 from blip_jax import answering, tokenizer as tok
 from blip_jax.convert import export_hf, load_hf
 from blip_jax.models import Blip, init_params, preset
@@ -48,15 +46,6 @@ from blip_jax.models import Blip, init_params, preset
 QUESTION_TOKENS, LABEL_SMOOTHING = 35, 0.1
 VOCAB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                      "blip_jax", "assets", "bert-base-uncased-vocab.txt")
-
-
-def median_time(fn, repeats: int) -> tuple[float, list[float], object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), times, out
 
 
 def patch_cross_attention_mask(model) -> int:
@@ -203,11 +192,11 @@ def main() -> int:
 
     vit(params, jnp.asarray(images)).block_until_ready()  # compile
     vision_theirs()  # warm-up
-    ours_vit, ours_vit_all, _ = median_time(
+    ours_vit, ours_vit_all, _ = common.median_time(
         lambda: vit(params, jnp.asarray(images)).block_until_ready(), args.repeats)
-    theirs_vit, theirs_vit_all, _ = median_time(vision_theirs, args.repeats)
-    ours_s, ours_all, _ = median_time(run_ours, args.repeats)
-    theirs_s, theirs_all, _ = median_time(run_theirs, args.repeats)
+    theirs_vit, theirs_vit_all, _ = common.median_time(vision_theirs, args.repeats)
+    ours_s, ours_all, _ = common.median_time(run_ours, args.repeats)
+    theirs_s, theirs_all, _ = common.median_time(run_theirs, args.repeats)
 
     rows = [
         {"side": "blip_jax", "seconds_median": ours_s, "seconds_all": ours_all,
@@ -240,15 +229,8 @@ def main() -> int:
            "answers_agree": agree, "topk_sets_agree": topk_agree,
            "ours_answers": ours_best.tolist(), "original_answers": theirs_best.tolist(),
            "settings": {"label_smoothing": LABEL_SMOOTHING, "answer_list": "made-up, seed 0"},
-           "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(),
-           "platform": platform.platform(), "processor": platform.processor(),
-           "cpu_count": os.cpu_count(), "devices": str(jax.devices()[0]),
-           "versions": {"jax": jax.__version__, "torch": torch.__version__,
-                        "transformers": __import__("transformers").__version__},
-           "command": "python benchmarks/vqa.py " + " ".join(sys.argv[1:])}
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(__file__), "results", "vqa.json"), "w") as f:
-        json.dump(out, f, indent=2)
+           **common.machine_with_torch()}
+    common.write_result("vqa", out)
     return 0
 
 
