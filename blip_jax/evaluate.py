@@ -50,10 +50,14 @@ def run(config, checkpoint_dir: str, split: Optional[str] = None,
     check_config_keys(config)
     source_cfg, params = checkpoint.load_model(checkpoint_dir)
     wanted = BlipConfig.from_dict(config.model.to_dict())
+    if wanted.image_pair and not source_cfg.image_pair:
+        raise ValueError(f"checkpoint {checkpoint_dir} is not an NLVR2 model (its classifier "
+                         f"would be untrained): fine-tune it first with configs/nlvr*.py")
     model_cfg = source_cfg.replace(
         tie_encoder_decoder=wanted.tie_encoder_decoder, text_encoder=wanted.text_encoder,
         text_decoder=wanted.text_decoder, itc_itm_heads=wanted.itc_itm_heads,
-        decoder_context=wanted.decoder_context,
+        decoder_context=wanted.decoder_context, image_pair=wanted.image_pair,
+        pair_merge_layer=wanted.pair_merge_layer if wanted.image_pair else source_cfg.pair_merge_layer,
         vision=dataclasses.replace(source_cfg.vision, image_size=wanted.vision.image_size))
     params = variants.adapt_params(params, source_cfg, model_cfg)
     checkpoint.check_params_fit(params, model_cfg, what=f"checkpoint {checkpoint_dir}")
@@ -68,8 +72,9 @@ def run(config, checkpoint_dir: str, split: Optional[str] = None,
     metrics = tasks.evaluate(config, Blip(model_cfg), params, data, mesh=mesh, output_dir=out_dir)
     results = {"task": config.task, "checkpoint": os.path.abspath(checkpoint_dir),
                "dataset": f"{name}:{split}", "metrics": metrics}
-    if isinstance(data, tasks.VqaSplit):
-        results["num_questions"] = metrics["num_questions"]
+    if isinstance(data, tasks.StreamedSplit):
+        count = "num_questions" if config.task == "vqa" else "num_examples"
+        results[count] = metrics[count]
     else:
         results.update(num_images=len(data.images), num_texts=len(data.texts))
     if jax.process_index() == 0:
@@ -81,8 +86,12 @@ def run(config, checkpoint_dir: str, split: Optional[str] = None,
 
 
 def format_table(results: dict) -> str:
-    counted = (f"{results['num_questions']} questions" if "num_questions" in results else
-               f"{results['num_images']} images, {results['num_texts']} texts")
+    if "num_questions" in results:
+        counted = f"{results['num_questions']} questions"
+    elif "num_examples" in results:
+        counted = f"{results['num_examples']} image pairs with a sentence"
+    else:
+        counted = f"{results['num_images']} images, {results['num_texts']} texts"
     lines = [f"{results['task']} evaluation of {results['checkpoint']} on {results['dataset']} "
              f"({counted})",
              f"{'metric':<24}{'value':>10}"]

@@ -81,3 +81,26 @@ def test_vqa_recipe_is_the_originals():
     assert (c.eval.vqa_inference, c.eval.k_test) == ("rank", 128)
     assert (c.eval.num_beams, c.eval.max_length, c.eval.min_length) == (3, 10, 1)
     check_keys(_config("vqa_tiny"))
+
+
+def test_nlvr_recipe_is_the_originals():
+    """configs/nlvr.yaml + train_nlvr.py + blip_nlvr.py: 384 px, drop-path 0.1, the two-image
+    encoder merging from layer 6, AdamW 3e-5 / wd 0.05 with the per-epoch cosine over 15
+    epochs, fine-tuning crop with flip and RandomAugment, the pair swap, sentences of at most
+    40 words, dev evaluated every epoch with the best model kept."""
+    from blip_jax.train.defaults import check_keys
+    c = _config("nlvr")
+    check_keys(c)
+    assert c.task == "nlvr" and c.model.image_pair and c.model.pair_merge_layer == 6
+    assert not (c.model.itc_itm_heads or c.model.tie_encoder_decoder or c.model.text_decoder)
+    assert c.model.vision.image_size == 384 and c.model.vision.drop_path_rate == 0.1
+    assert (c.optim.lr, c.optim.weight_decay, c.optim.schedule) == (3e-5, 0.05, "cosine_epoch")
+    assert c.optim.warmup_steps == 0 and c.optim.min_lr == 0.0 and c.num_epochs == 15
+    assert c.batch_size == 256
+    assert tuple(c.data.crop_scale) == (0.5, 1.0) and c.data.randaugment and c.data.flip == "plain"
+    assert c.data.nlvr_swap and c.data.max_words == 40
+    assert (c.eval.every_epochs, c.eval.keep_best) == (1, "accuracy")
+    assert c.data.eval_source[1] == "val"  # model selection on dev, never on test
+    tiny = _config("nlvr_tiny")
+    check_keys(tiny)
+    assert tiny.model.image_pair and tiny.model.pair_merge_layer == tiny.model.text.num_layers // 2

@@ -55,6 +55,11 @@ def infer_config(sd: Mapping[str, np.ndarray], layout: str) -> BlipConfig:
                       intermediate_size=sd[prefix + "encoder.layer.0.intermediate.dense.weight"].shape[0],
                       max_position_embeddings=sd[prefix + "embeddings.position_embeddings.weight"].shape[0])
     heads = "vision_proj.weight" in sd
+    if "cls_head.0.weight" in sd:  # the NLVR2 model (model_base_nlvr.pth)
+        merged = [int(k.split("encoder.layer.")[1].split(".")[0]) for k in sd
+                  if ".crossattention.output.merge_layer." in k]
+        return BlipConfig(vision=vision, text=text, text_decoder=False, itc_itm_heads=False,
+                          image_pair=True, pair_merge_layer=min(merged, default=layers))
     tied = has_enc and has_dec and np.array_equal(
         sd["text_encoder.encoder.layer.0.crossattention.self.query.weight"],
         sd["text_decoder.bert.encoder.layer.0.crossattention.self.query.weight"])

@@ -65,6 +65,15 @@ def _text_key(rest: Path, prefix: str, lm_prefix: str) -> str:
         n = head.split("_")[1]
         block = rest[1]
         base = f"{prefix}encoder.layer.{n}."
+        if block == "crossattention" and rest[2].startswith("branch_"):
+            # NLVR2's two-image cross-attention: self0/self1 and output.dense0/dense1 per image,
+            # output.merge_layer, one output.LayerNorm (the original's models/nlvr_encoder.py).
+            i = rest[2].split("_")[1]
+            sub = {"query": f"self{i}.query", "key": f"self{i}.key", "value": f"self{i}.value",
+                   "out": f"output.dense{i}"}[rest[3]]
+            return f"{base}{block}.{sub}.{leaf}"
+        if block == "crossattention" and rest[2] == "merge":
+            return f"{base}{block}.output.merge_layer.{leaf}"
         if block in ("attention", "crossattention"):
             return f"{base}{block}.{_ATTN_NAMES[rest[2]]}.{leaf}"
         sub = {"intermediate": "intermediate.dense", "output": "output.dense",
@@ -86,6 +95,8 @@ def torch_key(path: Path, layout: str, tied: bool) -> str:
         return f"{top}.{_leaf(rest[-1])}"
     if top == "temp":
         return "temp"
+    if top == "cls_head":  # NLVR2's nn.Sequential(Linear, ReLU, Linear)
+        return f"cls_head.{ {'hidden': 0, 'out': 2}[rest[0]] }.{_leaf(rest[-1])}"
     lm_prefix = "text_decoder.cls.predictions."
     if top == "text_encoder":
         if tied and rest[0].startswith("layer_") and rest[1] == "decoder_attention":

@@ -6,6 +6,8 @@ scan_records), transforms (augmentation), sources (sharded record access), expor
 out of a dataset), report (DataError, SkipReport), worker_lifetime (grain workers end with
 their parent). VQA: vqa_builders (one record per question, answer lists), synthetic_vqa
 (questions with annotator answers about the synthetic scenes), vqa_pipeline
-(make_vqa_train_loader, vqa_eval_batches). Import the module you need: the pipeline brings in grain, which is slow to
-import.
+(make_vqa_train_loader, vqa_eval_batches). NLVR2: nlvr_builders (one record per image pair and
+sentence), synthetic_nlvr (true/false statements about pairs of synthetic scenes), nlvr_pipeline
+(make_nlvr_train_loader with the pair swap, nlvr_eval_batches). Import the module you need: the
+pipeline brings in grain, which is slow to import.
 """

@@ -14,6 +14,14 @@ VQA (one record per question, and the answer list in the dataset's answer_list.j
         --annotations train=v2_mscoco_train2014_annotations.json val=... [--answer_list FILE]
     python -m blip_jax.data.prepare --source synthetic_vqa --data_dir DIR --num_images 2000 --seed 0
 
+NLVR2 (one record per image pair and sentence):
+
+    python -m blip_jax.data.prepare --source blip_nlvr --data_dir DIR \
+        --annotations train=nlvr_train.json val=nlvr_dev.json test=nlvr_test.json --image_root NLVR2
+    python -m blip_jax.data.prepare --source nlvr2 --data_dir DIR \
+        --annotations train=train.json val=dev.json test=test1.json --image_root NLVR2
+    python -m blip_jax.data.prepare --source synthetic_nlvr --data_dir DIR --num_images 2000 --seed 0
+
 Prints what it wrote and what it skipped; the same goes to prepare_report.json in the dataset's
 folder, which the input pipeline also reads (split sizes, image id ranges).
 """
@@ -33,12 +41,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from blip_jax import cli
-from blip_jax.data import builders, synthetic, synthetic_vqa, vqa_builders
+from blip_jax.data import builders, nlvr_builders, synthetic, synthetic_nlvr, synthetic_vqa, vqa_builders
 from blip_jax.data.annotations import split_of
 from blip_jax.data.report import DataError, write_json
 
 REPORT_FILE = "prepare_report.json"
-SOURCES = ("json", "coco_karpathy", "flickr_karpathy", "synthetic", "blip_vqa", "vqa_v2", "synthetic_vqa")
+SOURCES = ("json", "coco_karpathy", "flickr_karpathy", "synthetic", "blip_vqa", "vqa_v2", "synthetic_vqa",
+           "blip_nlvr", "nlvr2", "synthetic_nlvr")
 
 
 def dataset_dir(data_dir: str, dataset_name: str) -> str:
@@ -80,7 +89,7 @@ def build(builder: builders._ImageTextBuilder, *, overwrite: bool = False) -> di
               "splits": builder.stats, "skip_counts": builder.report.counts(), "skipped": builder.report.to_list()}
     if isinstance(builder, builders.BlipSynthetic):
         report["noise_counts"] = builder.noise_counts
-    if isinstance(builder, vqa_builders.VqaBuilder):
+    if isinstance(builder, (vqa_builders.VqaBuilder, nlvr_builders.NlvrBuilder)):
         report.update(builder.report_extras())
     write_json(os.path.join(out, REPORT_FILE), report)
     return report
@@ -91,8 +100,23 @@ def make_builder(source: str, data_dir: str, *, annotations: Sequence[str] = (),
                  vg_image_root: str | None = None, answer_list: str | None = None,
                  answer_list_size: int = vqa_builders.ANSWER_LIST_SIZE,
                  **synthetic_kwargs: Any) -> builders._ImageTextBuilder:
-    """synthetic_kwargs: SyntheticConfig fields (source synthetic) or SyntheticVqaConfig fields
-    (synthetic_vqa); questions, vg_image_root, answer_list(_size): the VQA sources."""
+    """synthetic_kwargs: SyntheticConfig fields (source synthetic), SyntheticVqaConfig fields
+    (synthetic_vqa) or SyntheticNlvrConfig fields (synthetic_nlvr); questions, vg_image_root,
+    answer_list(_size): the VQA sources."""
+    if source == "synthetic_nlvr":
+        cfg_nlvr = synthetic_nlvr.SyntheticNlvrConfig(**synthetic_kwargs)
+        return nlvr_builders.BlipSyntheticNlvr(data_dir=data_dir, cfg=cfg_nlvr)
+    if source in ("blip_nlvr", "nlvr2"):
+        if not annotations or image_root is None:
+            raise DataError(f"--source {source} needs --annotations (SPLIT=FILE ...) and --image_root (the NLVR2 "
+                            f"image folder)")
+        if source == "nlvr2":
+            return nlvr_builders.BlipNlvr2(data_dir=data_dir, annotations=annotations, image_root=image_root,
+                                           verify_images=verify_images)
+        first = nlvr_builders.split_files(annotations[:1])
+        stem = os.path.splitext(os.path.basename(next(iter(first.values()))[0]))[0]
+        return nlvr_builders.BlipNlvr(data_dir=data_dir, name=name or stem, annotations=annotations,
+                                      image_root=image_root, verify_images=verify_images)
     if source == "synthetic_vqa":
         cfg = synthetic_vqa.SyntheticVqaConfig(**synthetic_kwargs)
         return vqa_builders.BlipSyntheticVqa(data_dir=data_dir, cfg=cfg)
@@ -170,6 +194,20 @@ def ensure_synthetic_vqa(data_dir: str, **kwargs: Any) -> str:
     return build(builder)["dataset"]
 
 
+def synthetic_nlvr_dataset_name(**kwargs: Any) -> str:
+    """The name ensure_synthetic_nlvr(data_dir, **kwargs) returns, without writing anything."""
+    return f"blip_synthetic_nlvr/{synthetic_nlvr.SyntheticNlvrConfig(**kwargs).name}"
+
+
+def ensure_synthetic_nlvr(data_dir: str, **kwargs: Any) -> str:
+    """ensure_synthetic for the synthetic two-image task (SyntheticNlvrConfig kwargs): writes it
+    unless it is already in data_dir, returns its name. One writer per data_dir, as ensure_synthetic."""
+    builder = make_builder("synthetic_nlvr", data_dir, **kwargs)
+    if not os.path.exists(os.path.join(builder.data_dir, REPORT_FILE)):
+        logging.getLogger(__name__).info("writing synthetic NLVR data to %s", builder.data_dir)
+    return build(builder)["dataset"]
+
+
 def summary(report: dict[str, Any]) -> str:
     verb = "already prepared (use --overwrite to rebuild)" if report.get("reused") else "wrote"
     lines = [f"{verb} {report['dataset']} at {report['path']}"]
@@ -181,6 +219,11 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"  train_web text kinds: {report['noise_counts']}")
     for split, types in report.get("question_types", {}).items():
         lines.append(f"  {split} question types: " + ", ".join(f"{n} {t}" for t, n in types.items()))
+    for split, labels in report.get("labels", {}).items():
+        lines.append(f"  {split} labels: {labels['true']} true, {labels['false']} false")
+    for split, templates in report.get("templates", {}).items():
+        lines.append(f"  {split} templates: " + ", ".join(
+            f"{t} {c.get('true', 0)}/{c.get('false', 0)}" for t, c in templates.items()) + " (true/false)")
     if "answer_list" in report:
         a = report["answer_list"]
         lines.append(f"  answer list: {a['answers']} answers ({a['source']}) in {a['file']}")
@@ -205,9 +248,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="json: BLIP-format files, each optionally SPLIT=FILE (default split: train); "
                         "karpathy: dataset_coco.json / dataset_flickr30k.json; blip_vqa: SPLIT=FILE[,FILE...] "
                         "(vqa_train.json, vg_qa.json, vqa_test.json, ...); vqa_v2: SPLIT=FILE of the "
-                        "official annotations (none for test)")
+                        "official annotations (none for test); blip_nlvr: SPLIT=FILE of BLIP's nlvr_*.json "
+                        "(train=nlvr_train.json val=nlvr_dev.json test=nlvr_test.json); nlvr2: SPLIT=FILE of "
+                        "the official json-lines files (train=train.json val=dev.json test=test1.json)")
     p.add_argument("--image_root", help="folder the annotation image paths are relative to "
-                                        "(VQA: the COCO folder)")
+                                        "(VQA: the COCO folder; nlvr2: the folder holding train/<directory>/, "
+                                        "dev/, test1/)")
     p.add_argument("--vg_image_root", help="blip_vqa: folder the image paths of 'dataset': 'vg' questions "
                                            "are relative to")
     p.add_argument("--questions", nargs="+", default=[],
@@ -217,9 +263,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--answer_list_size", type=int, default=vqa_builders.ANSWER_LIST_SIZE,
                    help="blip_vqa / vqa_v2 without --answer_list: how many of the most frequent answers")
     p.add_argument("--questions_per_image", type=int, default=3, help="synthetic_vqa: questions per image")
-    p.add_argument("--name", help="json: dataset config name (default: the first annotation file's stem)")
+    p.add_argument("--statements_per_pair", type=int, default=2,
+                   help="synthetic_nlvr: statements per image pair (half of them true)")
+    p.add_argument("--name", help="json, blip_vqa, blip_nlvr: dataset config name (default: the first "
+                                  "annotation file's stem)")
     p.add_argument("--num_images", type=int, default=None,
-                   help="synthetic: train_web images (default 10000); synthetic_vqa: train images (default 2000)")
+                   help="synthetic: train_web images (default 10000); synthetic_vqa: train images (default "
+                        "2000); synthetic_nlvr: train image pairs (default 2000)")
     p.add_argument("--noise_rate", type=float, default=0.4,
                    help="synthetic: fraction of train_web texts not true of their image")
     p.add_argument("--nondescript_rate", type=float, default=0.0,
@@ -227,9 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--clean_images", type=int, default=None,
                    help="synthetic: train_clean images (default num_images // 5)")
     p.add_argument("--eval_images", type=int, default=None,
-                   help="synthetic, synthetic_vqa: val and test images each (default num_images // 10)")
+                   help="synthetic, synthetic_vqa: val and test images each; synthetic_nlvr: val and test "
+                        "pairs each (default num_images // 10)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image_size", type=int, default=96, help="synthetic: rendered side in pixels")
+    p.add_argument("--image_size", type=int, default=96,
+                   help="synthetic, synthetic_vqa, synthetic_nlvr: rendered side in pixels")
     p.add_argument("--overwrite", action="store_true", help="rebuild a dataset that already exists")
     p.add_argument("--no_verify_images", action="store_true",
                    help="skip the decode check of every image (faster; the pipeline still skips bad ones)")
@@ -244,6 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         kwargs = dict(num_images=2000 if args.num_images is None else args.num_images,
                       eval_images=args.eval_images, seed=args.seed,
                       questions_per_image=args.questions_per_image, image_size=args.image_size)
+    if args.source == "synthetic_nlvr":
+        kwargs = dict(num_images=2000 if args.num_images is None else args.num_images,
+                      eval_images=args.eval_images, seed=args.seed,
+                      statements_per_pair=args.statements_per_pair, image_size=args.image_size)
     cli.check_output_dir(args.data_dir, "--data_dir")
     builder = make_builder(args.source, args.data_dir, annotations=args.annotations,
                            image_root=args.image_root, name=args.name,

@@ -11,7 +11,9 @@ evaluation protocols (retrieval, captioning). Used by the trainer's periodic eva
 - task "vqa": every question of the split answered (config.eval.vqa_inference: rank over the
   dataset's answer list, or generate), the results written in the VQA server's format, and VQA
   accuracy where the split has annotator answers (blip_jax/evaluation/vqa.py). The split is
-  streamed, not loaded: `load_eval_data` returns a `VqaSplit` naming it.
+  streamed, not loaded: `load_eval_data` returns a `StreamedSplit` naming it.
+- task "nlvr": every (image pair, sentence) of the split classified; accuracy, and consistency
+  where identifiers are NLVR2's (blip_jax/evaluation/nlvr.py). Streamed like vqa.
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ from blip_jax.evaluation import retrieval
 from blip_jax.image import normalize
 from blip_jax.models.blip import Blip
 
-TASKS = ("pretrain", "retrieval", "caption", "vqa")
+TASKS = ("pretrain", "retrieval", "caption", "vqa", "nlvr")
+STREAMED_TASKS = ("vqa", "nlvr")  # evaluated batch by batch from the records
 
 
 @dataclasses.dataclass(frozen=True)
-class VqaSplit:
-    """A VQA split to stream through evaluation (questions are read batch by batch)."""
+class StreamedSplit:
+    """A VQA or NLVR2 split to stream through evaluation (examples are read batch by batch)."""
 
     data_dir: str
     dataset_name: str
@@ -47,11 +50,11 @@ class VqaSplit:
 
 
 def load_eval_data(config: ml_collections.ConfigDict, data_dir: str, dataset_name: str,
-                   split: str) -> pipeline.EvalData | VqaSplit:
+                   split: str) -> pipeline.EvalData | StreamedSplit:
     """The split as EvalData, cut to its first config.eval.max_images images (0 = all); for
-    task vqa a VqaSplit (config.eval.max_images then caps the questions)."""
-    if config.task == "vqa":
-        return VqaSplit(data_dir, dataset_name, split)
+    tasks vqa and nlvr a StreamedSplit (config.eval.max_images then caps the examples)."""
+    if config.task in STREAMED_TASKS:
+        return StreamedSplit(data_dir, dataset_name, split)
     data = pipeline.make_eval_data(data_dir, dataset_name, split,
                                    image_size=config.model.vision.image_size,
                                    max_words=config.data.max_words,
@@ -73,17 +76,21 @@ def first_images(data: pipeline.EvalData, n: int) -> pipeline.EvalData:
 
 
 def evaluate(config: ml_collections.ConfigDict, model: Blip, params: Any,
-             data: pipeline.EvalData | VqaSplit, *, mesh=None,
+             data: pipeline.EvalData | StreamedSplit, *, mesh=None,
              output_dir: Optional[str] = None) -> dict:
     """The metrics of config.task on `data` (see the module doc). `output_dir`: where the
     caption task writes its generated captions (COCO results JSON) and the vqa task its
-    answers (VQA server JSON)."""
+    answers (VQA server JSON), the nlvr task its predictions."""
     if config.task not in TASKS:
         raise ValueError(f"config.task={config.task!r}: use one of {TASKS}")
     if config.task == "vqa":
         from blip_jax.evaluation import vqa  # the VQA data stack loads only for this task
         return vqa.evaluate_vqa(config, model, params, data.data_dir, data.dataset_name,
                                 data.split, output_dir)
+    if config.task == "nlvr":
+        from blip_jax.evaluation import nlvr
+        return nlvr.evaluate_nlvr(config, model, params, data.data_dir, data.dataset_name,
+                                  data.split, output_dir)
     if config.task == "caption":
         return evaluate_captioning(config, model, params, data, output_dir=output_dir)
     return evaluate_retrieval(config, model, params, data, mesh=mesh)

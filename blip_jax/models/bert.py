@@ -136,12 +136,59 @@ def _grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[
     return out.reshape(b * g, lq, -1)
 
 
+class CrossAttentionBranch(nn.Module):
+    """One image's branch of the NLVR2 cross-attention: query/key/value and its output dense,
+    before dropout and the residual. x [B, L, hidden], context [B, N, C] -> [B, L, hidden]."""
+
+    config: TextConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array, mask: Optional[jax.Array],
+                 deterministic: bool) -> jax.Array:
+        c = self.config
+        proj = lambda name, t: layers.split_heads(  # noqa: E731
+            layers.dense(c.hidden_size, ("embed", "heads"), name, self.dtype, c.init_std)(t),
+            c.num_heads)
+        out = layers.dot_product_attention(
+            proj("query", x), proj("key", context), proj("value", context), mask,
+            nn.Dropout(c.attention_dropout_rate), deterministic)
+        return layers.dense(c.hidden_size, ("heads", "embed"), "out", self.dtype, c.init_std)(out)
+
+
+class PairCrossAttention(nn.Module):
+    """Cross-attention to an image pair (the NLVR2 model): one branch per image, each with its
+    own weights; the branch outputs are averaged or, with `merge`, concatenated and projected
+    2*hidden -> hidden (no activation, as the original); then dropout, residual and the one
+    shared post-LayerNorm."""
+
+    config: TextConfig
+    merge: bool
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, masks: tuple, contexts: tuple,
+                 deterministic: bool) -> jax.Array:
+        c = self.config
+        outs = [CrossAttentionBranch(c, self.dtype, name=f"branch_{i}")(
+            x, contexts[i], masks[i], deterministic) for i in range(2)]
+        if self.merge:
+            h = layers.dense(c.hidden_size, ("mlp", "embed"), "merge", self.dtype, c.init_std)(
+                jnp.concatenate(outs, axis=-1))
+        else:
+            h = (outs[0] + outs[1]) / 2
+        h = nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
+        return layers.layer_norm(c.layer_norm_eps, "norm", self.dtype)(h + x)
+
+
 class TextLayer(nn.Module):
     """Self-attention, then (if an image is given) cross-attention, then the feed-forward block.
 
     `decoder_self_attention`: the layer holds a second, causal self-attention
     (`decoder_attention`) used when `causal=True`: the tied pre-training mode, where everything
     else in the layer is shared between encoder and decoder.
+    `image_pair`: the context is a pair of images (tuple) and the cross-attention is a
+    PairCrossAttention, whose branches are merged by a projection when `merge_pair`.
     """
 
     config: TextConfig
@@ -151,6 +198,8 @@ class TextLayer(nn.Module):
     decode: bool
     deterministic: bool
     dtype: Any = jnp.float32
+    image_pair: bool = False
+    merge_pair: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, context: Optional[jax.Array],
@@ -159,7 +208,10 @@ class TextLayer(nn.Module):
         self_name = "decoder_attention" if (self.causal and self.decoder_self_attention) else "attention"
         x = TextAttention(c, cross=False, dtype=self.dtype, name=self_name)(
             x, mask, None, self.deterministic, self.decode)
-        if self.cross_attention and (context is not None or self.decode):
+        if self.image_pair and context is not None:
+            x = PairCrossAttention(c, self.merge_pair, self.dtype, name="crossattention")(
+                x, context_mask or (None, None), context, self.deterministic)
+        elif self.cross_attention and (context is not None or self.decode):
             x = TextAttention(c, cross=True, dtype=self.dtype, name="crossattention")(
                 x, context_mask, context, self.deterministic, self.decode)
         h = layers.dense(c.intermediate_size, ("embed", "mlp"), "intermediate", self.dtype, c.init_std)(x)
@@ -189,7 +241,9 @@ class TextTransformer(nn.Module):
     LM logits [B, L, vocab] with `return_logits=True` (needs `lm_head`).
 
     `context` [B, N, C] turns cross-attention on (image-grounded modes); `causal` selects the
-    decoder's causal self-attention.
+    decoder's causal self-attention. With `image_pair` (the NLVR2 encoder) `context` is a pair
+    (left [B, N, C], right [B, N, C]) attended by two branches per layer, averaged in layers
+    below `pair_merge_layer` and merged by a projection from it on.
     """
 
     config: TextConfig
@@ -197,6 +251,8 @@ class TextTransformer(nn.Module):
     decoder_self_attention: bool = False
     lm_head: bool = False
     dtype: Any = jnp.float32
+    image_pair: bool = False
+    pair_merge_layer: int = 6
 
     @nn.compact
     def __call__(self, ids: jax.Array, mask: Optional[jax.Array] = None, *,
@@ -216,12 +272,17 @@ class TextTransformer(nn.Module):
                 length = ids.shape[1]
                 attn_mask = attn_mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
         ctx_mask = None
-        if context is not None and context_mask is not None:
-            ctx_mask = context_mask.astype(bool)[:, None, None, :]
+        as_bias = lambda m: None if m is None else m.astype(bool)[:, None, None, :]  # noqa: E731
+        if self.image_pair and context_mask is not None:
+            ctx_mask = tuple(as_bias(m) for m in context_mask)
+        elif context is not None and context_mask is not None:
+            ctx_mask = as_bias(context_mask)
         layer_cls = nn.remat(TextLayer) if c.remat else TextLayer
         for i in range(c.num_layers):
             x = layer_cls(c, self.cross_attention, self.decoder_self_attention, causal, decode,
-                          not train, self.dtype, name=f"layer_{i}")(x, attn_mask, context, ctx_mask)
+                          not train, self.dtype, image_pair=self.image_pair,
+                          merge_pair=i >= self.pair_merge_layer,
+                          name=f"layer_{i}")(x, attn_mask, context, ctx_mask)
         if not return_logits:
             return x
         if not self.lm_head:

@@ -4,6 +4,7 @@
 | text_embed        | [CLS]       | bidirectional | off        | normalised text_proj   |
 | itm_logits        | [ENC]       | bidirectional | on         | itm_head on token 0    |
 | lm_logits         | [DEC]       | causal        | on         | LM logits              |
+| pair_logits       | [ENC]       | bidirectional | two images | cls_head on token 0    |
 
 With `tie_encoder_decoder` the decoder *is* the encoder module called in causal mode with its
 own self-attention (`decoder_attention`) and LM head: one copy of every shared parameter.
@@ -40,6 +41,32 @@ class Scalar(nn.Module):
         return self.param("value", nn.initializers.constant(self.init_value), ())
 
 
+def _torch_linear_init(fan_in: int):
+    # PyTorch's nn.Linear default (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)) for
+    # weight and bias alike; the original's NLVR2 classifier is plain nn.Linear layers.
+    bound = 1.0 / fan_in**0.5
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class PairClassifier(nn.Module):
+    """NLVR2 head: [ENC] state [B, hidden] -> dense -> ReLU -> dense -> logits [B, 2] (float32)."""
+
+    hidden_size: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for name, features, axes in (("hidden", self.hidden_size, ("embed", "mlp")),
+                                     ("out", 2, ("mlp", None))):
+            init = _torch_linear_init(x.shape[-1])
+            x = nn.Dense(features, dtype=self.dtype, param_dtype=jnp.float32, name=name,
+                         kernel_init=nn.with_logical_partitioning(init, axes),
+                         bias_init=nn.with_logical_partitioning(init, (axes[1],)))(x)
+            if name == "hidden":
+                x = nn.relu(x)
+        return x.astype(jnp.float32)
+
+
 class Blip(nn.Module):
     config: BlipConfig
 
@@ -50,7 +77,10 @@ class Blip(nn.Module):
         if c.text_encoder:
             self.text_encoder = TextTransformer(
                 c.text, cross_attention=True, decoder_self_attention=c.tie_encoder_decoder,
-                lm_head=c.tie_encoder_decoder, dtype=dtype)
+                lm_head=c.tie_encoder_decoder, dtype=dtype, image_pair=c.image_pair,
+                pair_merge_layer=c.pair_merge_layer)
+        if c.image_pair:
+            self.cls_head = PairClassifier(c.text.hidden_size, dtype)
         if c.text_decoder and not c.tie_encoder_decoder:
             self.text_decoder = TextTransformer(c.text, cross_attention=True, lm_head=True, dtype=dtype)
         if c.itc_itm_heads:
@@ -114,6 +144,21 @@ class Blip(nn.Module):
         return self._decoder(ids, None, context=context, causal=True, decode=True,
                              positions=positions, return_logits=True)
 
+    def pair_image_features(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        """images [B, 2, H, W, 3] (left, right) -> (left tokens, right tokens), each [B, N, Dv],
+        from one ViT pass over all 2B images as the original."""
+        b = images.shape[0]
+        tokens = self.image_features(images.reshape(2 * b, *images.shape[2:]), train)
+        tokens = tokens.reshape(b, 2, *tokens.shape[1:])
+        return tokens[:, 0], tokens[:, 1]
+
+    def pair_logits(self, ids: jax.Array, mask: jax.Array, pair_tokens: tuple[jax.Array, jax.Array],
+                    train: bool = False) -> jax.Array:
+        """NLVR2: image-grounded encoder over an image pair (ids start with [ENC]) -> class
+        logits [B, 2] (float32; class 1 = the sentence is true of the pair)."""
+        hidden = self.text_encoder(ids, mask, context=pair_tokens, train=train)
+        return self.cls_head(hidden[:, 0])
+
     # -- initialisation ------------------------------------------------------------------------
     def __call__(self, images: jax.Array, ids: jax.Array, mask: jax.Array,
                  train: bool = False) -> dict[str, jax.Array]:
@@ -121,6 +166,9 @@ class Blip(nn.Module):
         c = self.config
         image_tokens = self.image_features(images, train)
         out = {"image_tokens": image_tokens}
+        if c.image_pair:  # `images` stand for both sides of the pair
+            out["pair_logits"] = self.pair_logits(ids, mask, (image_tokens, image_tokens), train)
+            return out
         if c.text_encoder:
             text_hidden = self.text_features(ids, mask, train)
             out["multimodal"] = self.multimodal_features(ids, mask, image_tokens, train=train)

@@ -63,6 +63,10 @@ class BlipConfig:
     decoder, a retrieval one only the encoder). `itc_itm_heads`: vision_proj, text_proj, itm_head, temp.
     `decoder_context`: what the decoder cross-attends to: "image" tokens (captioning,
     pre-training) or the "question" states of the encoder (the VQA answer decoder).
+    `image_pair`: the NLVR2 model: the image-grounded encoder reads a pair of images (one ViT
+    pass over both), each layer's cross-attention has one branch per image, averaged below
+    `pair_merge_layer` and merged by a 2*hidden -> hidden projection from it on (the original's
+    6 of 12); a classifier (`cls_head`: dense, ReLU, dense to 2) reads the [ENC] token.
     `dtype`: computation dtype; parameters always stay float32.
     """
 
@@ -74,6 +78,8 @@ class BlipConfig:
     text_decoder: bool = True
     itc_itm_heads: bool = True
     decoder_context: str = "image"
+    image_pair: bool = False
+    pair_merge_layer: int = 6
     temp_init: float = 0.07
     dtype: str = "float32"
 
@@ -97,6 +103,14 @@ class BlipConfig:
         if self.decoder_context not in ("image", "question"):
             raise ConfigError(
                 f"decoder_context={self.decoder_context!r}: use 'image' or 'question'")
+        if self.image_pair and (not self.text_encoder or self.text_decoder
+                                or self.itc_itm_heads or self.tie_encoder_decoder):
+            raise ConfigError("image_pair=True (the NLVR2 model) has the text encoder and its "
+                              "classifier only: set text_decoder=False, itc_itm_heads=False, "
+                              "tie_encoder_decoder=False")
+        if self.image_pair and not 0 <= self.pair_merge_layer <= self.text.num_layers:
+            raise ConfigError(f"pair_merge_layer={self.pair_merge_layer} is outside 0.."
+                              f"{self.text.num_layers} (text.num_layers)")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype={self.dtype!r}: use float32, bfloat16 or float16")
 

@@ -7,13 +7,17 @@ a retrieval model or a filter by fine-tuning, and each downstream model has its 
   the shared parts with `decoder_attention` as its self-attention, and the LM head.
 - towers and heads the target does not have are dropped (a captioner keeps no text encoder).
 - a different image size interpolates the position table (bicubic, as the original does).
+- the NLVR2 model (`image_pair`) gets each layer's cross-attention twice, one copy per image
+  branch (query/key/value and output dense; the LayerNorm stays one), as the original's
+  blip_nlvr.load_checkpoint does; its merge layers and classifier are new: they come from
+  `new_params`, a fresh init of the target.
 
 Anything the target needs that the source lacks is an error naming it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -42,8 +46,27 @@ def _untie(tied: Mapping[str, Any]) -> tuple[dict, dict]:
     return encoder, decoder
 
 
-def adapt_params(params: Mapping[str, Any], source: BlipConfig, target: BlipConfig) -> dict:
+def _pair_encoder(encoder: Mapping[str, Any], fresh: Mapping[str, Any]) -> dict:
+    """A text encoder's single-image cross-attention -> the two-branch NLVR2 layout; the merge
+    layers (in `fresh`, the target's new encoder) are taken as they are."""
+    out = {}
+    for name, sub in encoder.items():
+        if name.startswith("layer_"):
+            cross = sub["crossattention"]
+            branch = {k: cross[k] for k in ("query", "key", "value", "out")}
+            pair = {"branch_0": branch, "branch_1": dict(branch), "norm": cross["norm"]}
+            if "merge" in fresh[name]["crossattention"]:
+                pair["merge"] = fresh[name]["crossattention"]["merge"]
+            sub = {**sub, "crossattention": pair}
+        out[name] = sub
+    return out
+
+
+def adapt_params(params: Mapping[str, Any], source: BlipConfig, target: BlipConfig,
+                 new_params: Callable[[], Mapping[str, Any]] | None = None) -> dict:
     """`params` of a `source` model rearranged for a `target` model (see the module doc).
+    `new_params`: returns a fresh init of the target, called only when the target has modules
+    no source provides (the NLVR2 model from a single-image one).
 
     Returns a new tree (leaves shared with the input where nothing changes)."""
     params = dict(params)
@@ -53,9 +76,19 @@ def adapt_params(params: Mapping[str, Any], source: BlipConfig, target: BlipConf
     elif target.tie_encoder_decoder and not source.tie_encoder_decoder:
         raise VariantError("cannot build a tied (pre-training) model from untied parameters: "
                            "start pre-training from a pre-training checkpoint or from scratch")
+    if target.image_pair and not source.image_pair and "text_encoder" in params:
+        if new_params is None:
+            raise VariantError("the NLVR2 model's merge layers and classifier are new: pass "
+                               "new_params (a fresh init of the target) to adapt_params")
+        fresh = new_params()
+        params["text_encoder"] = _pair_encoder(params["text_encoder"], fresh["text_encoder"])
+        params["cls_head"] = fresh["cls_head"]
+    elif source.image_pair and not target.image_pair:
+        raise VariantError("an NLVR2 (image_pair) checkpoint has a two-image cross-attention and "
+                           "cannot become a single-image model; start from the pre-trained model")
     wanted = {"vision": True, "text_encoder": target.text_encoder,
               "text_decoder": target.text_decoder and not target.tie_encoder_decoder,
-              **{h: target.itc_itm_heads for h in _HEADS}}
+              "cls_head": target.image_pair, **{h: target.itc_itm_heads for h in _HEADS}}
     missing = [k for k, need in wanted.items() if need and k not in params]
     if missing:
         raise VariantError(f"the source checkpoint has no {missing} that the target model needs "

@@ -9,7 +9,8 @@ from blip_jax.models import config as model_config
 def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # pretrain | caption | retrieval (which losses, see config.loss) | vqa (the answer decoder's
-    # weighted loss, blip_jax/train/vqa_step.py; needs model.decoder_context="question")
+    # weighted loss, blip_jax/train/vqa_step.py; needs model.decoder_context="question") | nlvr
+    # (the image-pair classifier, blip_jax/train/nlvr_step.py; needs model.image_pair=True)
     c.task = "pretrain"
     c.model = model_config.preset(model_preset, **model_changes).to_dict()
     c.init_checkpoint = ""  # blip_jax checkpoint dir to start from ('' = random init)
@@ -48,6 +49,8 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
     c.data.max_answer_tokens = 16
     c.data.vg_answer_weight = 0.2
     c.data.synthetic_vqa_questions_per_image = 6  # the "synthetic_vqa" dataset alias
+    c.data.synthetic_nlvr_statements_per_pair = 2  # the "synthetic_nlvr" alias (pairs: synthetic_num_images)
+    c.data.nlvr_swap = True  # task nlvr: swap the two images and the words left/right with p 0.5 (the original)
     c.data.crop_scale = (0.2, 1.0)
     c.data.randaugment = True
     # Horizontal flip: "plain" mirrors the image only (the original); "swap" also swaps the words
@@ -113,9 +116,14 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
 
     # Evaluation on data.eval_source (during training every eval.every_steps, and by
     # `python -m blip_jax.evaluate`): retrieval for task pretrain/retrieval, COCO caption
-    # metrics for task caption.
+    # metrics for task caption, VQA accuracy for vqa, accuracy for nlvr.
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 0  # 0 = no evaluation during training
+    c.eval.every_epochs = 0  # > 0: evaluate every N epochs instead (sets every_steps)
+    # Model selection: a metric of the evaluation (e.g. "accuracy"): whenever it beats every
+    # earlier evaluation, the model is also written to WORKDIR/model_best (with best.json: step
+    # and value), the original's checkpoint_best.pth. "" = off.
+    c.eval.keep_best = ""
     c.eval.max_images = 500  # first N images of the split (0 = all)
     c.eval.batch_size = 64
     c.eval.itm_rerank = False  # retrieval: False = ITC cosine only; True = the paper's protocol

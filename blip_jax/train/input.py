@@ -15,6 +15,7 @@ from blip_jax.evaluation import tasks
 
 SYNTHETIC = "synthetic"  # config alias for the built-in synthetic dataset of config.data
 SYNTHETIC_VQA = "synthetic_vqa"  # ... and for the built-in synthetic VQA task
+SYNTHETIC_NLVR = "synthetic_nlvr"  # ... and for the built-in synthetic two-image (NLVR2) task
 
 
 def data_dir(config: ml_collections.ConfigDict) -> str:
@@ -25,6 +26,13 @@ def _synthetic_vqa_kwargs(data: ml_collections.ConfigDict) -> dict:
     return dict(num_images=data.synthetic_num_images,
                 eval_images=data.synthetic_eval_images or None,
                 questions_per_image=data.synthetic_vqa_questions_per_image,
+                seed=data.synthetic_seed)
+
+
+def _synthetic_nlvr_kwargs(data: ml_collections.ConfigDict) -> dict:
+    return dict(num_images=data.synthetic_num_images,
+                eval_images=data.synthetic_eval_images or None,
+                statements_per_pair=data.synthetic_nlvr_statements_per_pair,
                 seed=data.synthetic_seed)
 
 
@@ -54,12 +62,16 @@ def resolve(config: ml_collections.ConfigDict, name: str) -> str:
     if name == SYNTHETIC_VQA:
         return _ensure(config, prepare.synthetic_vqa_dataset_name, prepare.ensure_synthetic_vqa,
                        _synthetic_vqa_kwargs(config.data))
+    if name == SYNTHETIC_NLVR:
+        return _ensure(config, prepare.synthetic_nlvr_dataset_name, prepare.ensure_synthetic_nlvr,
+                       _synthetic_nlvr_kwargs(config.data))
     return name
 
 
 class TrainData:
     """The training sources of `config` for this process (per-process batch = global / processes):
-    image-text pairs, or questions with weighted answers for task vqa."""
+    image-text pairs, questions with weighted answers for task vqa, or image pairs with a
+    true/false sentence for task nlvr."""
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.sources = [(resolve(config, name), split) for name, split in config.data.train_sources]
@@ -76,6 +88,11 @@ class TrainData:
                 max_question_tokens=d.max_question_tokens, max_answers=d.max_answers,
                 max_answer_tokens=d.max_answer_tokens, vg_answer_weight=d.vg_answer_weight,
                 **common)
+        elif config.task == "nlvr":
+            from blip_jax.data import nlvr_pipeline  # the NLVR data stack loads only for NLVR
+            self.loader = nlvr_pipeline.make_nlvr_train_loader(
+                data_dir(config), self.sources, max_words=d.max_words, max_tokens=d.max_tokens,
+                swap=d.nlvr_swap, **common)
         else:
             self.loader = pipeline.make_train_loader(
                 data_dir(config), self.sources, max_words=d.max_words, max_tokens=d.max_tokens,

@@ -17,8 +17,7 @@ gradients pulled back through the ViT.
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -285,6 +284,33 @@ def _accumulated_grads(model: Blip, lc: LossConfig, params, state, batch, feats_
         (g,) = pull(grad_tokens[sl])
         grad_vision = jax.tree_util.tree_map(jnp.add, grad_vision, g)
     return loss, parts, {**grad_rest, **grad_vision}
+
+
+def make_task_step(model: Blip, tx: optax.GradientTransformation, loss: Callable,
+                   schedule: Callable, name: str) -> Callable:
+    """The step of a fine-tuning task with one loss and no momentum model (VQA, NLVR2).
+    `loss(m, batch, train)` runs inside model.apply and returns (loss, extra metrics); the
+    metrics are loss, loss_<name>, the extras, lr and grad_norm. Returns step(state, batch) ->
+    (state, metrics); jit it with `jit_train_step`."""
+
+    def step_fn(state: TrainState, batch: dict):
+        rng = jax.random.wrap_key_data(state.rng)
+        rng, drop_rng = jax.random.split(rng)
+
+        def loss_fn(p):
+            return model.apply({"params": p}, method=lambda m: loss(m, batch, True),
+                               rngs={"dropout": drop_rng})
+
+        (value, extras), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(step=state.step + 1,
+                                  params=optax.apply_updates(state.params, updates),
+                                  opt_state=opt_state, rng=jax.random.key_data(rng))
+        metrics = {"loss": value, f"loss_{name}": value, **extras, "lr": schedule(state.step),
+                   "grad_norm": optax.global_norm(grads)}
+        return new_state, metrics
+
+    return step_fn
 
 
 PAIR_BATCH_NDIMS = {"image": 4, "text_ids": 2, "text_mask": 2, "image_id": 1}

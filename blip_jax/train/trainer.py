@@ -7,6 +7,7 @@ SIGTERM, stops on a non-finite loss without checkpointing the broken state.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -22,10 +23,10 @@ from jax.experimental import multihost_utils
 
 from blip_jax import checkpoint as model_checkpoint, decoding, parallel, tokenizer as tok
 from blip_jax.convert import pretrained_init
-from blip_jax.models.blip import Blip, abstract_params
+from blip_jax.models.blip import Blip, abstract_params, init_params as blip_init_params
 from blip_jax.models import variants
 from blip_jax.models.config import BlipConfig
-from blip_jax.train import optim, vqa_step
+from blip_jax.train import nlvr_step, optim, vqa_step
 from blip_jax.train.checkpointing import TrainCheckpointer
 from blip_jax.train.defaults import base_config
 from blip_jax.train.metric_writer import MetricWriter
@@ -58,7 +59,7 @@ def check_config_keys(config: ml_collections.ConfigDict) -> None:
     walk(config, reference, "config.")
 
 
-TASKS = ("pretrain", "caption", "retrieval", "vqa")
+TASKS = ("pretrain", "caption", "retrieval", "vqa", "nlvr")
 
 
 def check_task(config: ml_collections.ConfigDict) -> None:
@@ -76,6 +77,17 @@ def check_task(config: ml_collections.ConfigDict) -> None:
     elif config.model.decoder_context == "question":
         raise ValueError(f"config.model.decoder_context='question' is the VQA model: use "
                          f"task vqa, or decoder_context='image' for task {config.task}")
+    if config.task == "nlvr":
+        lc = config.loss
+        if lc.itc_weight or lc.itm_weight or lc.grad_accum_steps > 1:
+            raise ValueError("task nlvr trains the pair classifier alone, in one pass: set "
+                             "config.loss.itc_weight = itm_weight = 0 and grad_accum_steps = 1")
+        if not config.model.image_pair:
+            raise ValueError("task nlvr needs the NLVR2 model: config.model.image_pair=True, "
+                             "text_decoder=False, itc_itm_heads=False")
+    elif config.model.image_pair:
+        raise ValueError(f"config.model.image_pair=True is the NLVR2 model: use task nlvr, "
+                         f"or image_pair=False for task {config.task}")
 
 
 def loss_config(config: ml_collections.ConfigDict, steps_per_epoch: int,
@@ -164,6 +176,9 @@ def build(config: ml_collections.ConfigDict, steps_per_epoch: int, mesh=None,
         step_fn = jit_train_step(
             vqa_step.make_vqa_train_step(model, tx, lc.label_smoothing, schedule, mesh),
             shardings, mesh, batch_ndims=vqa_step.BATCH_NDIMS)
+    elif config.task == "nlvr":
+        step_fn = jit_train_step(nlvr_step.make_nlvr_train_step(model, tx, schedule),
+                                 shardings, mesh, batch_ndims=nlvr_step.BATCH_NDIMS)
     else:
         step_fn = jit_train_step(make_train_step(model, tx, lc, schedule, mesh, groups),
                                  shardings, mesh)
@@ -186,7 +201,9 @@ def initial_params(config: ml_collections.ConfigDict) -> Optional[dict]:
                              "start from either a blip_jax checkpoint or ImageNet/BERT weights")
         source_cfg, params = model_checkpoint.load_model(config.init_checkpoint)
         # A pre-trained (tied) model becomes a captioner / retrieval model here.
-        params = variants.adapt_params(params, source_cfg, target_cfg)
+        params = variants.adapt_params(
+            params, source_cfg, target_cfg,
+            new_params=lambda: blip_init_params(target_cfg, jax.random.key(config.seed)))
         model_checkpoint.check_params_fit(params, target_cfg,
                                           what=f"init_checkpoint {config.init_checkpoint}")
         return params
@@ -244,9 +261,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_task(config)
     data = train_input.TrainData(config)
     steps_per_epoch = config.steps_per_epoch or max(1, data.num_examples // config.batch_size)
-    if config.num_epochs:
+    if config.num_epochs or config.eval.every_epochs:
         config = config.copy_and_resolve_references()
+    if config.num_epochs:
         config.total_steps = config.num_epochs * steps_per_epoch
+    if config.eval.every_epochs:
+        config.eval.every_steps = config.eval.every_epochs * steps_per_epoch
+    if config.eval.keep_best and not config.eval.every_steps:
+        raise ValueError(f"config.eval.keep_best={config.eval.keep_best!r} selects among "
+                         f"evaluations during training: set eval.every_steps or every_epochs")
     setup = build(config, steps_per_epoch, init_params=initial_params(config),
                   init_start=initial_start(config))
     is_main = jax.process_index() == 0
@@ -270,6 +293,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
     evaluator = (train_input.make_evaluator(config, setup, os.path.join(workdir, "eval"))
                  if config.eval.every_steps else None)
+    best = BestModel(os.path.join(workdir, "model_best"), config.eval.keep_best)
     last_logged: dict = {}
     t0, done_at_t0 = time.time(), start
     try:
@@ -284,7 +308,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             batch = parallel.global_batch(next(iterator), setup.mesh)
             state, metrics = setup.step_fn(state, batch)
             step += 1
-            log_now = step % config.log_every_steps == 0 or step == config.total_steps
+            eval_now = evaluator is not None and step % config.eval.every_steps == 0
+            log_now = step % config.log_every_steps == 0 or step == config.total_steps or eval_now
             save_now = step % config.checkpoint_every_steps == 0 or step == config.total_steps
             if log_now or save_now:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -303,8 +328,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 t0, done_at_t0 = now, step
                 metrics["examples_per_sec"] = rate
                 metrics["eta_sec"] = (config.total_steps - step) * config.batch_size / max(rate, 1e-9)
-                if evaluator is not None and step % config.eval.every_steps == 0:
+                if eval_now:
                     metrics.update(evaluator(state.params))
+                    best.update(step, metrics, state, setup.model_config, config.task)
                 writer.write(step, metrics)
                 writer.progress(step, metrics)
                 last_logged = {"step": step, **metrics}
@@ -323,10 +349,37 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return last_logged
 
 
+class BestModel:
+    """config.eval.keep_best: the model of the best evaluation so far, in `directory` with
+    best.json ({"step", "metric", "value"}); a resumed run reads the record back."""
+
+    def __init__(self, directory: str, metric: str):
+        self.directory, self.metric, self.value = directory, metric, None
+        record = os.path.join(directory, "best.json")
+        if metric and os.path.exists(record):
+            with open(record) as f:
+                self.value = json.load(f)["value"]
+
+    def update(self, step: int, metrics: dict, state: TrainState, model_config: BlipConfig,
+               task: str) -> None:
+        if not self.metric:
+            return
+        key = f"eval/{self.metric}"
+        if key not in metrics:
+            raise ValueError(f"config.eval.keep_best={self.metric!r} is not a metric of the "
+                             f"evaluation; it has {sorted(k[5:] for k in metrics if k.startswith('eval/'))}")
+        if self.value is not None and not metrics[key] > self.value:
+            return
+        self.value = metrics[key]
+        export_model(self.directory, state, model_config, task)
+        if jax.process_index() == 0:
+            with open(os.path.join(self.directory, "best.json"), "w") as f:
+                json.dump({"step": step, "metric": self.metric, "value": self.value}, f)
+
+
 def _export_answer_list(model_dir: str, config: ml_collections.ConfigDict, dataset: str) -> None:
     """A VQA model keeps its training data's answer list next to its params, so rank inference
     (`python -m blip_jax.vqa`) finds the candidates it was trained to rank."""
-    import json
 
     from blip_jax.data import vqa_builders
     from blip_jax.train import input as train_input

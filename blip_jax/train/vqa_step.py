@@ -23,7 +23,7 @@ import optax
 
 from blip_jax import losses, parallel, tokenizer as tok
 from blip_jax.models.blip import Blip
-from blip_jax.train.state import TrainState
+from blip_jax.train.step import make_task_step
 
 BATCH_NDIMS = {"image": 4, "question_ids": 2, "question_mask": 2, "answer_ids": 3,
                "answer_mask": 3, "answer_weight": 2}
@@ -50,23 +50,6 @@ def vqa_loss(m: Blip, batch: dict, label_smoothing: float, train: bool, mesh=Non
 def make_vqa_train_step(model: Blip, tx: optax.GradientTransformation, label_smoothing: float,
                         schedule: Callable, mesh=None) -> Callable:
     """Returns step(state, batch) -> (state, metrics); jit it with `step.jit_train_step`."""
-
-    def step_fn(state: TrainState, batch: dict):
-        rng = jax.random.wrap_key_data(state.rng)
-        rng, drop_rng = jax.random.split(rng)
-
-        def loss_fn(p):
-            return model.apply({"params": p}, method=lambda m: vqa_loss(m, batch, label_smoothing,
-                                                                        True, mesh),
-                               rngs={"dropout": drop_rng})
-
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(step=state.step + 1,
-                                  params=optax.apply_updates(state.params, updates),
-                                  opt_state=opt_state, rng=jax.random.key_data(rng))
-        metrics = {"loss": loss, "loss_vqa": loss, "lr": schedule(state.step),
-                   "grad_norm": optax.global_norm(grads)}
-        return new_state, metrics
-
-    return step_fn
+    return make_task_step(
+        model, tx, lambda m, batch, train: (vqa_loss(m, batch, label_smoothing, train, mesh), {}),
+        schedule, "vqa")
