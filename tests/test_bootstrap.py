@@ -7,6 +7,7 @@ only begun to learn."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -80,6 +81,17 @@ def test_reduced_bootstrap_experiment(tmp_path):
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done earlier") == len(stages)
+
+    # A seed's results.json alone (its models and data gone, as on a new machine) counts as the
+    # seed finished: nothing is recomputed and the same table comes out.
+    fresh = tmp_path / "fresh"
+    (fresh / "seed0").mkdir(parents=True)
+    shutil.copy(workdir / "seed0" / "results.json", fresh / "seed0" / "results.json")
+    copied = subprocess.run(cmd[:-2] + [f"--workdir={fresh}", "--reduced"], env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert copied.returncode == 0, copied.stderr[-3000:]
+    assert copied.stdout.count("done earlier") == 1 and not (fresh / "data").exists()
+    assert json.load(open(fresh / "results.json"))["table"] == r["table"]
 
 
 def test_verdict_rule_and_aggregation():

@@ -16,7 +16,8 @@ Per seed s, in WORKDIR/seed<s>/:
     python -m blip_jax.experiments.bootstrap --workdir=bootstrap_run          # baseline, +C+F, oracle; seed 0
     python -m blip_jax.experiments.bootstrap --workdir=DIR --ablation --seeds 3
 
-A rerun skips finished stages and resumes the interrupted one. The terminal shows one line per
+A rerun skips finished stages and resumes the interrupted one; a seed's results.json copied into
+a new WORKDIR/seed<s>/ counts as that seed finished. The terminal shows one line per
 stage; everything the libraries print goes to WORKDIR/log.txt. Results: WORKDIR/results.json,
 WORKDIR/results.md (the table), WORKDIR/bootstrap.png.
 """
@@ -223,13 +224,26 @@ class Stage:
 
 def seed_stages(workdir: str, data_dir: str, scale: Scale, seed: int,
                 conditions: tuple[str, ...]) -> list[Stage]:
-    """Every stage of one seed, in order (each skipped when its output exists)."""
+    """Every stage of one seed, in order (each skipped when its output exists). A seed whose
+    results.json already holds every condition is one finished stage: its models and data may
+    be gone (a seed's results copied into a fresh workdir are enough to aggregate)."""
     from blip_jax import capfilt
     from blip_jax.experiments import vision_init
     from blip_jax.models.config import BlipConfig
     from blip_jax.train.trainer import train
 
     p = Paths(workdir, seed)
+
+    def evaluated() -> bool:  # a run with more rows than the last one evaluates again
+        if not os.path.exists(p("results.json")):
+            return False
+        with open(p("results.json")) as f:
+            return set(conditions) <= set(json.load(f)["conditions"])
+
+    evaluate = Stage("evaluate", "evaluate on test", evaluated,
+                     lambda: evaluate_seed(workdir, data_dir, scale, seed, conditions))
+    if evaluated():
+        return [evaluate]
     cfg = stage_configs(workdir, data_dir, scale, seed, conditions)
     model_done = lambda name: (lambda: os.path.exists(p(name, "model", "config.json")))  # noqa: E731
 
@@ -282,14 +296,7 @@ def seed_stages(workdir: str, data_dir: str, scale: Scale, seed: int,
                            ("retrieval", "retrieval fine-tune")):
             name = f"{kind}_{cond}"
             stages.append(Stage(name, f"{what}: {TITLES[cond]}", model_done(name), train_stage(name)))
-    def evaluated() -> bool:  # a run with more rows than the last one evaluates again
-        if not os.path.exists(p("results.json")):
-            return False
-        with open(p("results.json")) as f:
-            return set(conditions) <= set(json.load(f)["conditions"])
-
-    stages.append(Stage("evaluate", "evaluate on test", evaluated,
-                        lambda: evaluate_seed(workdir, data_dir, scale, seed, conditions)))
+    stages.append(evaluate)
     return stages
 
 
