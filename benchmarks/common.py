@@ -38,7 +38,8 @@ def machine_with_torch() -> dict[str, Any]:
 
 def write_result(name: str, out: dict[str, Any]) -> str:
     """Writes benchmarks/results/NAME.json with the exact command; returns its path."""
-    out = {**out, "command": f"python benchmarks/{name}.py " + " ".join(sys.argv[1:])}
+    script = os.path.basename(sys.argv[0])
+    out = {**out, "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:])}
     os.makedirs(RESULTS_DIR, exist_ok=True)
     path = os.path.join(RESULTS_DIR, f"{name}.json")
     with open(path, "w") as f:

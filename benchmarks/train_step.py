@@ -1,6 +1,7 @@
 """Train-step throughput and model-FLOPs utilisation (MFU).
 
     python benchmarks/train_step.py [--configs tiny,base] [--repeats 5]
+    python benchmarks/train_step.py --configs nlvr_base --base-batch 2 --repeats 3
 
 For each config: examples/s (median over timed steps), the step's FLOPs from XLA's cost
 analysis of the compiled program, achieved FLOP/s, and MFU = achieved / this machine's float32
@@ -42,22 +43,41 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / statistics.median(times)
 
 
+def _nlvr_config(batch: int):
+    """configs/nlvr.py's model and step (base, 384 px, two-image encoder) at `batch`."""
+    c = base_config("base", tie_encoder_decoder=False, itc_itm_heads=False, text_decoder=False,
+                    image_pair=True, pair_merge_layer=6)
+    c.task = "nlvr"
+    c.model.vision.image_size = 384
+    c.model.vision.drop_path_rate = 0.1
+    c.loss.itc_weight = c.loss.itm_weight = 0.0
+    return c
+
+
 def bench_config(name: str, batch: int, text_len: int, repeats: int) -> dict:
-    c = base_config(name, tie_encoder_decoder=True)
-    c.model = preset(name, tie_encoder_decoder=True).to_dict()
-    if name == "base":
-        c.model.vision.image_size = 224
+    if name == "nlvr_base":
+        c = _nlvr_config(batch)
+    else:
+        c = base_config(name, tie_encoder_decoder=True)
+        c.model = preset(name, tie_encoder_decoder=True).to_dict()
+        if name == "base":
+            c.model.vision.image_size = 224
+        c.loss.queue_size = 4 * batch
     c.batch_size = batch
-    c.loss.queue_size = 4 * batch
     c.optim.warmup_steps = 10
     mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
     setup = trainer.build(c, steps_per_epoch=100, mesh=mesh)
     size = c.model.vision.image_size
     rng = np.random.default_rng(0)
-    batch_np = {"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
-                "text_ids": rng.integers(1000, 3000, (batch, text_len)).astype(np.int32),
-                "text_mask": np.ones((batch, text_len), np.int32),
-                "image_id": np.arange(batch, dtype=np.int32)}
+    ids = rng.integers(1000, 3000, (batch, text_len)).astype(np.int32)
+    if c.task == "nlvr":
+        batch_np = {"images": rng.normal(size=(batch, 2, size, size, 3)).astype(np.float32),
+                    "ids": ids, "mask": np.ones((batch, text_len), np.int32),
+                    "label": (np.arange(batch) % 2).astype(np.int32)}
+    else:
+        batch_np = {"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+                    "text_ids": ids, "text_mask": np.ones((batch, text_len), np.int32),
+                    "image_id": np.arange(batch, dtype=np.int32)}
     gb = parallel.global_batch(batch_np, mesh)
     compiled = setup.step_fn.lower(setup.state, gb).compile()
     cost = compiled.cost_analysis()
@@ -84,7 +104,9 @@ def bench_config(name: str, batch: int, text_len: int, repeats: int) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--configs", default="tiny,base")
+    p.add_argument("--configs", default="tiny,base",
+                   help="tiny, small, base (pre-training steps), nlvr_base (configs/nlvr.py's "
+                        "step at 384 px; results go to nlvr_train_step.json)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--base-batch", type=int, default=2)
     p.add_argument("--tiny-batch", type=int, default=32)
@@ -92,7 +114,7 @@ def main() -> int:
     peak = matmul_peak()
     rows = []
     for name in args.configs.split(","):
-        batch = args.base_batch if name in ("base", "large") else args.tiny_batch
+        batch = args.base_batch if name in ("base", "large", "nlvr_base") else args.tiny_batch
         r = bench_config(name, batch, 30 if name != "tiny" else 24, args.repeats)
         r["mfu"] = r["achieved_flops_per_sec"] / peak
         rows.append(r)
@@ -109,7 +131,9 @@ def main() -> int:
     print(f"peak RSS of this process: {peak_rss / 2**30:.2f} GiB")
     out = {"matmul_peak_flops_per_sec": peak, "peak_rss_bytes": peak_rss, "rows": rows,
            "platform": platform.platform(), "devices": str(jax.devices()[0])}
-    common.write_result("train_step", out)
+    names = args.configs.split(",")
+    common.write_result("nlvr_train_step" if all(n.startswith("nlvr") for n in names)
+                        else "train_step", out)
     return 0
 
 

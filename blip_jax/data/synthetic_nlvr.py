@@ -56,6 +56,7 @@ import numpy as np
 
 from blip_jax.data import synthetic
 from blip_jax.data.synthetic import COLORS, SHAPES, SIZE_WORDS, SIZES, Scene, Shape
+from blip_jax.data.synthetic_splits import SplitsMixin
 
 TEMPLATES = ("side_has", "side_count", "count_compare", "same_count", "both", "exactly_one", "neither")
 SIDED = ("side_has", "side_count", "count_compare")  # templates whose words name the left or right image
@@ -266,7 +267,7 @@ class Example:
 
 
 @dataclasses.dataclass(frozen=True)
-class SyntheticNlvrConfig:
+class SyntheticNlvrConfig(SplitsMixin):
     num_images: int = 2000           # train pairs
     eval_images: int | None = None   # val and test pairs each; default num_images // 10
     statements_per_pair: int = 2     # NLVR2 has up to two sentences per pair
@@ -274,33 +275,20 @@ class SyntheticNlvrConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.num_images < 1 or (self.eval_images is not None and self.eval_images < 1):
-            raise ValueError(f"num_images and eval_images must be >= 1, got {self.num_images}, {self.eval_images}")
+        self._check_splits()
         if not 1 <= self.statements_per_pair <= len(TEMPLATES):
             raise ValueError(f"statements_per_pair must be in [1, {len(TEMPLATES)}] (one per template), "
                              f"got {self.statements_per_pair}")
-        if self.image_size < 32:
-            raise ValueError(f"image_size must be >= 32 px for shapes to be recognisable, got {self.image_size}")
-        if not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be a 32-bit non-negative integer, got {self.seed}")
-
-    def split_sizes(self) -> dict[str, int]:
-        evals = self.eval_images if self.eval_images is not None else max(1, self.num_images // 10)
-        return {"train": self.num_images, "val": evals, "test": evals}
 
     @property
     def name(self) -> str:
         """TFDS config name: every parameter that changes the data is in it."""
-        sizes = self.split_sizes()
-        return (f"n{self.num_images}_e{sizes['val']}_s{self.statements_per_pair}_seed{self.seed}"
+        return (f"n{self.num_images}_e{self.split_sizes()['val']}_s{self.statements_per_pair}_seed{self.seed}"
                 f"_px{self.image_size}")
 
     def first_pair_id(self, split: str) -> int:
         """Pair ids are unique across splits (train, val, test in turn)."""
-        if split not in SPLIT_CODES:
-            raise ValueError(f"unknown synthetic NLVR split {split!r}; expected one of {list(SPLIT_CODES)}")
-        sizes = self.split_sizes()
-        return sum(sizes[s] for s in list(SPLIT_CODES)[:list(SPLIT_CODES).index(split)])
+        return self._first_id(split, "NLVR")
 
 
 def _labels(cfg: SyntheticNlvrConfig, code: int, index: int, rng: np.random.Generator) -> list[bool]:

@@ -48,6 +48,7 @@ import numpy as np
 
 from blip_jax.data import synthetic
 from blip_jax.data.synthetic import BACKGROUNDS, COLORS, OPPOSITE, SHAPES, SIZE_WORDS, Scene, Shape
+from blip_jax.data.synthetic_splits import SplitsMixin
 
 QUESTION_TYPES = ("color", "shape", "count", "size", "presence", "relation")
 TYPE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.6)
@@ -261,7 +262,7 @@ def annotate(question: str, answer: str, rng: np.random.Generator) -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class SyntheticVqaConfig:
+class SyntheticVqaConfig(SplitsMixin):
     num_images: int = 2000           # train images
     eval_images: int | None = None   # val and test images each; default num_images // 10
     questions_per_image: int = 3
@@ -269,32 +270,19 @@ class SyntheticVqaConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.num_images < 1 or (self.eval_images is not None and self.eval_images < 1):
-            raise ValueError(f"num_images and eval_images must be >= 1, got {self.num_images}, {self.eval_images}")
+        self._check_splits()
         if not 1 <= self.questions_per_image <= 10:
             raise ValueError(f"questions_per_image must be in [1, 10], got {self.questions_per_image}")
-        if self.image_size < 32:
-            raise ValueError(f"image_size must be >= 32 px for shapes to be recognisable, got {self.image_size}")
-        if not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be a 32-bit non-negative integer, got {self.seed}")
-
-    def split_sizes(self) -> dict[str, int]:
-        evals = self.eval_images if self.eval_images is not None else max(1, self.num_images // 10)
-        return {"train": self.num_images, "val": evals, "test": evals}
 
     @property
     def name(self) -> str:
         """TFDS config name: every parameter that changes the data is in it."""
-        sizes = self.split_sizes()
-        return (f"n{self.num_images}_e{sizes['val']}_q{self.questions_per_image}_seed{self.seed}"
+        return (f"n{self.num_images}_e{self.split_sizes()['val']}_q{self.questions_per_image}_seed{self.seed}"
                 f"_px{self.image_size}")
 
     def first_image_id(self, split: str) -> int:
         """Image ids are unique across splits (train, val, test in turn)."""
-        if split not in SPLIT_CODES:
-            raise ValueError(f"unknown synthetic VQA split {split!r}; expected one of {list(SPLIT_CODES)}")
-        sizes = self.split_sizes()
-        return sum(sizes[s] for s in list(SPLIT_CODES)[:list(SPLIT_CODES).index(split)])
+        return self._first_id(split, "VQA")
 
 
 @dataclasses.dataclass(frozen=True)
