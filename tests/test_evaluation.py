@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -17,17 +16,9 @@ from blip_jax import parallel
 from blip_jax.image import normalize
 from blip_jax.evaluation import captioning, retrieval
 from blip_jax.models import Blip
-from blip_jax.models.blip import abstract_params
-from blip_jax.models.config import BlipConfig, TextConfig, VisionConfig
+from tests.retrieval_reference import CONFIG, all_pairs_match, random_params, two_stage_scores
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A retrieval model (no decoder). Large random weights (see _params) give distinct features per
-# input, so no near-ties in the similarity top-k that could order differently in NumPy and XLA.
-CONFIG = BlipConfig(
-    vision=VisionConfig(image_size=32, patch_size=16, width=32, depth=1, num_heads=2, mlp_dim=64),
-    text=TextConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-                    max_position_embeddings=32),
-    embed_dim=16, text_decoder=False)
 N_IMG, CAPS, LEN, K = 12, 3, 8, 10  # 36 texts; k=10 keeps the -100 ties out of R@1/5/10
 TOL = dict(rtol=1e-4, atol=1e-4)  # float32, same maths, other batching (logits are O(1)-O(10))
 
@@ -46,17 +37,9 @@ def _data(seed=0):
     return images, ids, mask, text_to_image, image_to_texts
 
 
-def _params(seed=0):
-    """Random weights N(0, 0.3^2) for every parameter, from the shapes alone: the same kind of
-    random model as init_params, without compiling the model's init (~15 s on CI's CPU)."""
-    rng = np.random.default_rng(seed)
-    shapes = nn.meta.unbox(abstract_params(CONFIG))
-    return jax.tree_util.tree_map(lambda s: (0.3 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
-
-
 @pytest.fixture(scope="module")
 def setup():
-    return Blip(CONFIG), _params(), _data()
+    return Blip(CONFIG), random_params(), _data()
 
 
 def _numpy_protocol(model, params, images, ids, mask, k):
@@ -72,22 +55,8 @@ def _numpy_protocol(model, params, images, ids, mask, k):
         np.asarray, jax.jit(encode)(params, normalize(images), ids, mask))
     img, txt = img.astype(np.float64), txt.astype(np.float64)
     sims = img @ txt.T
-    n_img, n_txt = sims.shape
-    enc = ids.copy()
-    enc[:, 0] = 30523  # [ENC]
-    ii, tt = np.meshgrid(np.arange(n_img), np.arange(n_txt), indexing="ij")
-    itm = np.asarray(jax.jit(lambda p, *a: model.apply({"params": p}, *a, method=Blip.itm_logits))(
-        params, enc[tt.ravel()], mask[tt.ravel()], tokens[ii.ravel()]))
-    match = itm[:, 1].reshape(n_img, n_txt)
-    i2t = np.full((n_img, n_txt), -100.0)
-    for i in range(n_img):
-        top = np.argsort(-sims[i])[:k]
-        i2t[i, top] = match[i, top] + sims[i, top]
-    t2i = np.full((n_txt, n_img), -100.0)
-    for t in range(n_txt):
-        top = np.argsort(-sims[:, t])[:k]
-        t2i[t, top] = match[top, t] + sims[top, t]
-    return i2t, t2i
+    match = all_pairs_match(model, params, tokens, ids, mask)
+    return two_stage_scores(sims, match, k)
 
 
 def _original_metrics(s_i2t, s_t2i, txt2img, img2txt):
@@ -187,7 +156,7 @@ def _worker(out_path: str) -> None:
     """One process of a 2-process run (see test_two_processes_match_one)."""
     from blip_jax import distributed
     distributed.initialize()
-    model, params = Blip(CONFIG), _params()
+    model, params = Blip(CONFIG), random_params()
     images, ids, mask, _, _ = _data()
     i2t, t2i = retrieval.retrieval_scores(model, params, images, ids, mask, k_test=K, batch_size=3)
     np.savez(f"{out_path}.{jax.process_index()}.npz", i2t=i2t, t2i=t2i)

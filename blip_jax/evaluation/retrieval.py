@@ -81,9 +81,10 @@ FILL = -100.0  # score of the pairs outside a query's top k (as the original)
 _TOPK_ROWS = 1024  # query rows per similarity/top-k call (bounds the [rows, N] similarity block)
 
 
-def retrieval_metrics(scores_i2t: np.ndarray, scores_t2i: np.ndarray, text_to_image: np.ndarray,
-                      image_to_texts: Sequence[Sequence[int]]) -> dict[str, float]:
-    """Recall@1/5/10 in percent with the original's key names.
+def retrieval_ranks(scores_i2t: np.ndarray, scores_t2i: np.ndarray, text_to_image: np.ndarray,
+                    image_to_texts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """0-based ranks: (of each image query's best own text [N_img], of each text query's image
+    [N_txt]).
 
     scores_i2t [N_img, N_txt], scores_t2i [N_txt, N_img]; text_to_image [N_txt] (a text's image
     index); image_to_texts: the text indices of each image. Text->image: the rank of the text's own
@@ -111,6 +112,14 @@ def retrieval_metrics(scores_i2t: np.ndarray, scores_t2i: np.ndarray, text_to_im
                              f"text_to_image (or is empty); build both from the same annotations")
     best = np.where(own, s_i2t, -np.inf).max(axis=1)
     img_rank = np.sum((s_i2t >= best[:, None]) & ~own, axis=1)
+    return img_rank, txt_rank
+
+
+def retrieval_metrics(scores_i2t: np.ndarray, scores_t2i: np.ndarray, text_to_image: np.ndarray,
+                      image_to_texts: Sequence[Sequence[int]]) -> dict[str, float]:
+    """Recall@1/5/10 in percent with the original's key names, from `retrieval_ranks` (same
+    arguments)."""
+    img_rank, txt_rank = retrieval_ranks(scores_i2t, scores_t2i, text_to_image, image_to_texts)
     out: dict[str, float] = {}
     for k in (1, 5, 10):
         out[f"txt_r{k}"] = 100.0 * float(np.mean(img_rank < k))  # text retrieval: image queries
@@ -165,15 +174,28 @@ def _replicate_params(params, mesh: Mesh):
     return jax.tree_util.tree_map(one, params)
 
 
+def _visual_tokens(model: Blip, params, visuals: jax.Array, num_frames: int) -> jax.Array:
+    """Images [B, H, W, 3] (num_frames 0) or videos [B, F, H, W, 3] -> tokens [B, N, Dv]."""
+    method = Blip.video_features if num_frames else Blip.image_features
+    return model.apply({"params": params}, visuals, method=method)
+
+
+def _visual_embed(model: Blip, params, tokens: jax.Array, num_frames: int) -> jax.Array:
+    if num_frames:
+        return model.apply({"params": params}, tokens, num_frames, method=Blip.video_embed)
+    return model.apply({"params": params}, tokens, method=Blip.image_embed)
+
+
 @functools.lru_cache(maxsize=None)
-def _programs(model: Blip, mesh: Mesh):
-    """The jitted, mesh-sharded programs of the evaluation (compiled once per model and mesh)."""
+def _programs(model: Blip, mesh: Mesh, num_frames: int = 0):
+    """The jitted, mesh-sharded programs of the evaluation (compiled once per model, mesh and
+    frame count; num_frames 0: images, else videos of that many frames)."""
     rep = parallel.replicated(mesh)
     rows = lambda ndim: parallel.batch_sharding(mesh, ndim)  # noqa: E731
 
     def image_step(params, buf, images, start):
-        tokens = model.apply({"params": params}, images, method=Blip.image_features)
-        embeds = model.apply({"params": params}, tokens, method=Blip.image_embed)
+        tokens = _visual_tokens(model, params, images, num_frames)
+        embeds = _visual_embed(model, params, tokens, num_frames)
         buf = jax.lax.dynamic_update_slice_in_dim(buf, tokens.astype(buf.dtype), start, axis=0)
         return buf, embeds
 
@@ -189,7 +211,7 @@ def _programs(model: Blip, mesh: Mesh):
 
     return {
         # buf (all image tokens, replicated) is updated in place: no second copy of it.
-        "image": jax.jit(image_step, in_shardings=(rep, rep, rows(4), rep),
+        "image": jax.jit(image_step, in_shardings=(rep, rep, rows(5 if num_frames else 4), rep),
                          out_shardings=(rep, rep), donate_argnums=1),
         "text": jax.jit(text_step, in_shardings=(rep, rows(2), rows(2)), out_shardings=rep),
         "itm": jax.jit(itm_step, in_shardings=(rep, rep, rows(1), rows(2), rows(2)),
@@ -225,16 +247,19 @@ class _Features(NamedTuple):
 
 def _features(model: Blip, params, images: np.ndarray, text_ids: np.ndarray,
               text_mask: np.ndarray, batch_size: int, mesh: Mesh) -> _Features:
-    """ITC features of every image and text, and every image's tokens kept on the mesh."""
-    progs = _programs(model, mesh)
+    """ITC features of every image and text, and every image's tokens kept on the mesh.
+    images [N, H, W, 3], or videos [N, F, H, W, 3] (tokens: the frames' concatenated, ITC
+    feature: Blip.video_embed)."""
+    num_frames = images.shape[1] if images.ndim == 5 else 0
+    progs = _programs(model, mesh, num_frames)
     chunk = batch_size * parallel.batch_shards(mesh)
     n_img = len(images)
     steps = -(-n_img // chunk)
-    shape = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, method=Blip.image_features),
+    shape = jax.eval_shape(lambda p, x: _visual_tokens(model, p, x, num_frames),
                            params, jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.float32))
     buf = jax.jit(lambda: jnp.zeros((steps * chunk, *shape.shape[1:]), shape.dtype),
                   out_shardings=parallel.replicated(mesh))()
-    img_sharding = parallel.batch_sharding(mesh, 4)
+    img_sharding = parallel.batch_sharding(mesh, images.ndim)
     embeds = []
     for s in range(steps):
         block = _padded(images[s * chunk:(s + 1) * chunk], chunk)

@@ -103,6 +103,21 @@ class Blip(nn.Module):
         """image tokens [B, N, Dv] -> L2-normalised ITC features [B, embed_dim] (float32)."""
         return l2_normalize(self.vision_proj(image_tokens[:, 0]))
 
+    def video_features(self, frames: jax.Array, train: bool = False) -> jax.Array:
+        """frames [B, F, H, W, 3] normalised -> video tokens [B, F*N, vision width]: every frame
+        through the ViT alone, the frames' tokens concatenated in frame order with no temporal
+        embedding (the original's zero-shot video input to the image-grounded encoder)."""
+        b, f = frames.shape[:2]
+        tokens = self.image_features(frames.reshape(b * f, *frames.shape[2:]), train)
+        return tokens.reshape(b, f * tokens.shape[1], tokens.shape[2])
+
+    def video_embed(self, video_tokens: jax.Array, num_frames: int) -> jax.Array:
+        """video tokens [B, F*N, Dv] -> L2-normalised ITC features [B, embed_dim] (float32): the
+        mean over frames of each frame's projected (not yet normalised) [CLS] feature."""
+        b, n = video_tokens.shape[:2]
+        cls = video_tokens.reshape(b, num_frames, n // num_frames, -1)[:, :, 0]
+        return l2_normalize(jnp.mean(self.vision_proj(cls).astype(jnp.float32), axis=1))
+
     def text_features(self, ids: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
         """Unimodal text encoder ([CLS] first): hidden states [B, L, hidden]."""
         return self.text_encoder(ids, mask, train=train)
