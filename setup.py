@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "tokenizers==0.23.3",
     "safetensors==0.8.0",
     "pillow==13.0.0",
+    "av==18.1.0",  # PyAV (FFmpeg): video decoding and the synthetic clips' encoding (libx264)
     "numpy==2.4.6",
     # COCO caption metrics (BLEU, METEOR, ROUGE-L, CIDEr, SPICE); METEOR/SPICE and the PTB
     # tokenizer run bundled Java jars (a JRE must be on PATH for those).

@@ -58,9 +58,13 @@ class AnswerCandidates:
 
 def question_states(model: Blip, params, images: jax.Array, question_ids: jax.Array,
                     question_mask: jax.Array, train: bool = False) -> jax.Array:
-    """images [Q, H, W, 3] + question ids/mask [Q, Lq] ([CLS] or [ENC] first) -> [Q, Lq, D]."""
+    """images [Q, H, W, 3] (or videos [Q, F, H, W, 3]: the frames' tokens concatenated, the
+    paper's zero-shot video QA) + question ids/mask [Q, Lq] ([CLS] or [ENC] first) -> [Q, Lq, D]."""
     def fwd(m: Blip):
-        image_tokens = m.image_features(images, train=train)
+        if images.ndim == 5:
+            image_tokens = m.video_features(images, train=train)
+        else:
+            image_tokens = m.image_features(images, train=train)
         ids = question_ids.at[:, 0].set(tok.ENC_ID)
         return m.multimodal_features(ids, question_mask, image_tokens, train=train)
     return model.apply({"params": params}, method=fwd)

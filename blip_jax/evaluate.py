@@ -6,7 +6,9 @@
 config.task picks the protocol: retrieval / pretrain (TR/IR R@1/5/10; config.eval.itm_rerank
 for the paper's ITM re-ranking of the top config.eval.k_test) or caption (COCO caption metrics
 of beam-search captions, written next to the results) or vqa (VQA accuracy of ranked or
-generated answers, written next to the results in the VQA server's format). The model is the checkpoint's own
+generated answers, written next to the results in the VQA server's format) or nlvr (accuracy)
+or, zero-shot on video, video_retrieval (TR/VR R@1/5/10, median rank) and videoqa (as vqa,
+over the frames). The model is the checkpoint's own
 architecture in the variant the config trains (a pre-trained tied checkpoint evaluated with a
 retrieval config is untied first) at the config's image size.
 """
@@ -73,8 +75,12 @@ def run(config, checkpoint_dir: str, split: Optional[str] = None,
     results = {"task": config.task, "checkpoint": os.path.abspath(checkpoint_dir),
                "dataset": f"{name}:{split}", "metrics": metrics}
     if isinstance(data, tasks.StreamedSplit):
-        count = "num_questions" if config.task == "vqa" else "num_examples"
+        count = "num_questions" if config.task in ("vqa", "videoqa") else "num_examples"
         results[count] = metrics[count]
+    elif config.task == "video_retrieval":
+        results.update(num_videos=len(data.videos), num_texts=len(data.texts))
+        if data.skipped:
+            results["skipped_videos"] = [f"{where}: {why}" for where, why in data.skipped]
     else:
         results.update(num_images=len(data.images), num_texts=len(data.texts))
     if jax.process_index() == 0:
@@ -90,6 +96,8 @@ def format_table(results: dict) -> str:
         counted = f"{results['num_questions']} questions"
     elif "num_examples" in results:
         counted = f"{results['num_examples']} image pairs with a sentence"
+    elif "num_videos" in results:
+        counted = f"{results['num_videos']} videos, {results['num_texts']} texts"
     else:
         counted = f"{results['num_images']} images, {results['num_texts']} texts"
     lines = [f"{results['task']} evaluation of {results['checkpoint']} on {results['dataset']} "

@@ -48,6 +48,15 @@ def _captions(value: Any, where: str) -> list[str]:
     raise DataError(f"{where}: 'caption' must be a string or a list of strings, got {value!r:.80}")
 
 
+def _checked(where: str, item: Any, required: Sequence[str]) -> dict:
+    if not isinstance(item, dict):
+        raise DataError(f"{where}: expected an object, got {item!r:.80}")
+    missing = [k for k in required if k not in item]
+    if missing:
+        raise DataError(f"{where}: missing {', '.join(repr(k) for k in missing)}")
+    return item
+
+
 def _json_objects(path: str, required: Sequence[str],
                   described: Sequence[str] | None = None) -> Iterator[tuple[str, dict]]:
     """(where, object) for each entry of a JSON list of objects, each with the `required` keys;
@@ -58,12 +67,29 @@ def _json_objects(path: str, required: Sequence[str],
         raise DataError(f"{path}: expected a JSON list of {{{keys}}} objects, got a {type(data).__name__}")
     for i, item in enumerate(data):
         where = f"{path}: entry {i}"
-        if not isinstance(item, dict):
-            raise DataError(f"{where}: expected an object, got {item!r:.80}")
-        missing = [k for k in required if k not in item]
-        if missing:
-            raise DataError(f"{where}: missing {', '.join(repr(k) for k in missing)}")
-        yield where, item
+        yield where, _checked(where, item, required)
+
+
+def json_lines(path: str, required: Sequence[str], expected: str) -> Iterator[tuple[str, dict]]:
+    """(where, object) per non-empty line of a JSON-lines file, each an object with the
+    `required` keys; anything else is a DataError naming the file and line (`expected` says
+    which files hold one object per line, for a file that does not parse)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: annotation file not found") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {n}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON at column {e.colno}: {e.msg} ({expected})") from None
+        yield where, _checked(where, item, required)
 
 
 def parse_blip_json(path: str) -> list[Entry]:

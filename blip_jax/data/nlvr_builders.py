@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -45,7 +44,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from blip_jax.data import synthetic_nlvr
-from blip_jax.data.annotations import _json_objects, split_of
+from blip_jax.data.annotations import _json_objects, json_lines, split_of
 from blip_jax.data.builders import VERSION, _ImageTextBuilder, _NAME
 from blip_jax.data.decode import read_checked
 from blip_jax.data.report import DataError
@@ -124,28 +123,10 @@ def nlvr2_image_paths(identifier: str, directory: Any = None) -> tuple[str, str]
 def parse_nlvr2_jsonl(path: str) -> list[PairEntry]:
     """The official NLVR2 files: one JSON object per line with "identifier", "sentence", "label"
     and (train) "directory"; image paths from nlvr2_image_paths."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: annotation file not found") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
     entries = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}: line {n}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON at column {e.colno}: {e.msg} (NLVR2's files hold one "
-                            f"object per line; BLIP's nlvr_*.json are --source blip_nlvr)") from None
-        if not isinstance(item, dict):
-            raise DataError(f"{where}: expected an object, got {item!r:.80}")
-        missing = [k for k in ("identifier", "sentence", "label") if k not in item]
-        if missing:
-            raise DataError(f"{where}: missing {', '.join(repr(k) for k in missing)}")
+    for where, item in json_lines(path, ("identifier", "sentence", "label"),
+                                  "NLVR2's files hold one object per line; BLIP's nlvr_*.json "
+                                  "are --source blip_nlvr"):
         identifier, directory = item["identifier"], item.get("directory")
         if not isinstance(identifier, str) or not _NLVR2_ID.match(identifier):
             raise DataError(f"{where}: 'identifier' must be NLVR2's split-set-pair-sentence, got {identifier!r:.60}")

@@ -22,6 +22,17 @@ NLVR2 (one record per image pair and sentence):
         --annotations train=train.json val=dev.json test=test1.json --image_root NLVR2
     python -m blip_jax.data.prepare --source synthetic_nlvr --data_dir DIR --num_images 2000 --seed 0
 
+Video (one record per video with its encoded file, captions and questions; zero-shot video
+retrieval and video QA):
+
+    python -m blip_jax.data.prepare --source msrvtt_retrieval --data_dir DIR \
+        --annotations msrvtt_test.jsonl --video_root MSRVTT/videos
+    python -m blip_jax.data.prepare --source msrvtt_qa --data_dir DIR --video_root MSRVTT/videos \
+        --questions test=test_qa.json [train=train_qa.json | --answer_list_from train_qa.json]
+    python -m blip_jax.data.prepare --source msvd_qa --data_dir DIR --video_root MSVD/YouTubeClips \
+        --youtube_mapping youtube_mapping.txt --questions test=test_qa.json --answer_list_from train_qa.json
+    python -m blip_jax.data.prepare --source synthetic_video --data_dir DIR --clips 100 --seed 0
+
 Prints what it wrote and what it skipped; the same goes to prepare_report.json in the dataset's
 folder, which the input pipeline also reads (split sizes, image id ranges).
 """
@@ -41,13 +52,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from blip_jax import cli
-from blip_jax.data import builders, nlvr_builders, synthetic, synthetic_nlvr, synthetic_vqa, vqa_builders
+from blip_jax.data import (builders, nlvr_builders, synthetic, synthetic_nlvr, synthetic_video, synthetic_vqa,
+                           video_builders, vqa_builders)
 from blip_jax.data.annotations import split_of
 from blip_jax.data.report import DataError, write_json
 
 REPORT_FILE = "prepare_report.json"
 SOURCES = ("json", "coco_karpathy", "flickr_karpathy", "synthetic", "blip_vqa", "vqa_v2", "synthetic_vqa",
-           "blip_nlvr", "nlvr2", "synthetic_nlvr")
+           "blip_nlvr", "nlvr2", "synthetic_nlvr", "msrvtt_retrieval", "msrvtt_qa", "msvd_qa", "synthetic_video")
 
 
 def dataset_dir(data_dir: str, dataset_name: str) -> str:
@@ -89,7 +101,7 @@ def build(builder: builders._ImageTextBuilder, *, overwrite: bool = False) -> di
               "splits": builder.stats, "skip_counts": builder.report.counts(), "skipped": builder.report.to_list()}
     if isinstance(builder, builders.BlipSynthetic):
         report["noise_counts"] = builder.noise_counts
-    if isinstance(builder, (vqa_builders.VqaBuilder, nlvr_builders.NlvrBuilder)):
+    if isinstance(builder, (vqa_builders.VqaBuilder, nlvr_builders.NlvrBuilder, video_builders.VideoBuilder)):
         report.update(builder.report_extras())
     write_json(os.path.join(out, REPORT_FILE), report)
     return report
@@ -98,11 +110,33 @@ def build(builder: builders._ImageTextBuilder, *, overwrite: bool = False) -> di
 def make_builder(source: str, data_dir: str, *, annotations: Sequence[str] = (), image_root: str | None = None,
                  name: str | None = None, verify_images: bool = True, questions: Sequence[str] = (),
                  vg_image_root: str | None = None, answer_list: str | None = None,
-                 answer_list_size: int = vqa_builders.ANSWER_LIST_SIZE,
+                 answer_list_size: int | None = None, video_root: str | None = None,
+                 youtube_mapping: str | None = None, answer_list_from: Sequence[str] = (),
                  **synthetic_kwargs: Any) -> builders._ImageTextBuilder:
     """synthetic_kwargs: SyntheticConfig fields (source synthetic), SyntheticVqaConfig fields
-    (synthetic_vqa) or SyntheticNlvrConfig fields (synthetic_nlvr); questions, vg_image_root,
-    answer_list(_size): the VQA sources."""
+    (synthetic_vqa), SyntheticNlvrConfig fields (synthetic_nlvr) or SyntheticVideoConfig fields
+    (synthetic_video); questions, vg_image_root, answer_list(_size): the VQA sources; video_root,
+    youtube_mapping (msvd_qa), answer_list_from and questions / answer_list(_size): the video
+    sources (answer_list_size None: the source's default)."""
+    if source == "synthetic_video":
+        return video_builders.BlipSyntheticVideo(
+            data_dir=data_dir, cfg=synthetic_video.SyntheticVideoConfig(**synthetic_kwargs))
+    if source == "msrvtt_retrieval":
+        if not annotations or video_root is None:
+            raise DataError("--source msrvtt_retrieval needs --annotations (BLIP's msrvtt_test.jsonl) and "
+                            "--video_root (the folder of MSRVTT's <clip_name>.mp4 files)")
+        return video_builders.BlipMsrvttRetrieval(data_dir=data_dir, annotations=annotations, video_root=video_root,
+                                                  verify_videos=verify_images)
+    if source in ("msrvtt_qa", "msvd_qa"):
+        if not questions or video_root is None or (source == "msvd_qa" and youtube_mapping is None):
+            raise DataError(f"--source {source} needs --questions (SPLIT=FILE ...), --video_root (the folder of "
+                            f"the videos){' and --youtube_mapping (youtube_mapping.txt)' * (source == 'msvd_qa')}")
+        qa = dict(data_dir=data_dir, questions=questions, video_root=video_root, answer_list=answer_list,
+                  answer_list_size=answer_list_size, answer_list_from=answer_list_from, verify_videos=verify_images)
+        if source == "msrvtt_qa":
+            return video_builders.BlipMsrvttQa(**qa)
+        return video_builders.BlipMsvdQa(youtube_mapping=youtube_mapping, **qa)
+    answer_list_size = answer_list_size or vqa_builders.ANSWER_LIST_SIZE
     if source == "synthetic_nlvr":
         cfg_nlvr = synthetic_nlvr.SyntheticNlvrConfig(**synthetic_kwargs)
         return nlvr_builders.BlipSyntheticNlvr(data_dir=data_dir, cfg=cfg_nlvr)
@@ -208,17 +242,39 @@ def ensure_synthetic_nlvr(data_dir: str, **kwargs: Any) -> str:
     return build(builder)["dataset"]
 
 
+def synthetic_video_dataset_name(**kwargs: Any) -> str:
+    """The name ensure_synthetic_video(data_dir, **kwargs) returns, without writing anything."""
+    return f"blip_synthetic_video/{synthetic_video.SyntheticVideoConfig(**kwargs).name}"
+
+
+def ensure_synthetic_video(data_dir: str, **kwargs: Any) -> str:
+    """ensure_synthetic for the synthetic video set (SyntheticVideoConfig kwargs; one dataset for
+    video retrieval and video QA): writes it unless it is already in data_dir, returns its name.
+    One writer per data_dir, as ensure_synthetic."""
+    builder = make_builder("synthetic_video", data_dir, **kwargs)
+    if not os.path.exists(os.path.join(builder.data_dir, REPORT_FILE)):
+        logging.getLogger(__name__).info("writing synthetic video data to %s", builder.data_dir)
+    return build(builder)["dataset"]
+
+
 def summary(report: dict[str, Any]) -> str:
     verb = "already prepared (use --overwrite to rebuild)" if report.get("reused") else "wrote"
     lines = [f"{verb} {report['dataset']} at {report['path']}"]
     unit = report.get("record_unit", "records")
     for split, s in report["splits"].items():
+        if "videos" in s:  # video datasets: one record per video
+            lines.append(f"  {split}: {s['videos']} videos, {s['captions']} captions, {s['questions']} questions"
+                         + (f" ({s['answers_in_list']} with their answer in the answer list)"
+                            if "answers_in_list" in s and s["questions"] else ""))
+            continue
         per_dataset = "".join(f", {n} {d}" for d, n in s.get("questions", {}).items() if len(s["questions"]) > 1)
         lines.append(f"  {split}: {s['records']} {unit}, {s['images']} images{per_dataset}")
     if "noise_counts" in report:
         lines.append(f"  train_web text kinds: {report['noise_counts']}")
     for split, types in report.get("question_types", {}).items():
         lines.append(f"  {split} question types: " + ", ".join(f"{n} {t}" for t, n in types.items()))
+    for split, counts in report.get("clip_counts", {}).items():
+        lines.append(f"  {split}: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
     for split, labels in report.get("labels", {}).items():
         lines.append(f"  {split} labels: {labels['true']} true, {labels['false']} false")
     for split, templates in report.get("templates", {}).items():
@@ -250,21 +306,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(vqa_train.json, vg_qa.json, vqa_test.json, ...); vqa_v2: SPLIT=FILE of the "
                         "official annotations (none for test); blip_nlvr: SPLIT=FILE of BLIP's nlvr_*.json "
                         "(train=nlvr_train.json val=nlvr_dev.json test=nlvr_test.json); nlvr2: SPLIT=FILE of "
-                        "the official json-lines files (train=train.json val=dev.json test=test1.json)")
+                        "the official json-lines files (train=train.json val=dev.json test=test1.json); "
+                        "msrvtt_retrieval: BLIP's msrvtt_test.jsonl (split test, or SPLIT=FILE)")
+    p.add_argument("--video_root", help="msrvtt_retrieval, msrvtt_qa: the folder of MSRVTT's .mp4 files; msvd_qa: "
+                                        "the folder of MSVD's .avi files (YouTubeClips)")
+    p.add_argument("--youtube_mapping", help="msvd_qa: MSVD's youtube_mapping.txt ('<youtube name> vid<N>' "
+                                             "per line)")
+    p.add_argument("--answer_list_from", nargs="+", default=[],
+                   help="msrvtt_qa / msvd_qa: training questions files whose most frequent answers make the "
+                        "answer list, without writing their videos (default: the train split of --questions)")
     p.add_argument("--image_root", help="folder the annotation image paths are relative to "
                                         "(VQA: the COCO folder; nlvr2: the folder holding train/<directory>/, "
                                         "dev/, test1/)")
     p.add_argument("--vg_image_root", help="blip_vqa: folder the image paths of 'dataset': 'vg' questions "
                                            "are relative to")
     p.add_argument("--questions", nargs="+", default=[],
-                   help="vqa_v2: SPLIT=FILE of the official questions files (train, val, test, ...)")
-    p.add_argument("--answer_list", help="blip_vqa / vqa_v2: the candidate answers (a JSON list, BLIP's "
-                                         "answer_list.json); default: the most frequent training answers")
-    p.add_argument("--answer_list_size", type=int, default=vqa_builders.ANSWER_LIST_SIZE,
-                   help="blip_vqa / vqa_v2 without --answer_list: how many of the most frequent answers")
+                   help="vqa_v2: SPLIT=FILE of the official questions files (train, val, test, ...); msrvtt_qa / "
+                        "msvd_qa: SPLIT=FILE of the QA files (test=test_qa.json, ...)")
+    p.add_argument("--answer_list", help="blip_vqa / vqa_v2 / msrvtt_qa / msvd_qa: the candidate answers (a JSON "
+                                         "list, BLIP's answer_list.json); default: the most frequent training answers")
+    p.add_argument("--answer_list_size", type=int, default=None,
+                   help="without --answer_list: how many of the most frequent answers (default: blip_vqa / "
+                        f"vqa_v2 {vqa_builders.ANSWER_LIST_SIZE}, msrvtt_qa "
+                        f"{video_builders.ANSWER_LIST_SIZES['msrvtt_qa']}, msvd_qa "
+                        f"{video_builders.ANSWER_LIST_SIZES['msvd_qa']})")
     p.add_argument("--questions_per_image", type=int, default=3, help="synthetic_vqa: questions per image")
     p.add_argument("--statements_per_pair", type=int, default=2,
                    help="synthetic_nlvr: statements per image pair (half of them true)")
+    p.add_argument("--clips", type=int, default=100, help="synthetic_video: val and test clips each")
+    p.add_argument("--frames_per_clip", type=int, default=16, help="synthetic_video: frames per clip (8 fps)")
+    p.add_argument("--captions_per_clip", type=int, default=1, help="synthetic_video: captions per clip")
+    p.add_argument("--questions_per_clip", type=int, default=3, help="synthetic_video: questions per clip")
     p.add_argument("--name", help="json, blip_vqa, blip_nlvr: dataset config name (default: the first "
                                   "annotation file's stem)")
     p.add_argument("--num_images", type=int, default=None,
@@ -281,10 +353,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "pairs each (default num_images // 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image_size", type=int, default=96,
-                   help="synthetic, synthetic_vqa, synthetic_nlvr: rendered side in pixels")
+                   help="synthetic, synthetic_vqa, synthetic_nlvr, synthetic_video: rendered side in pixels")
     p.add_argument("--overwrite", action="store_true", help="rebuild a dataset that already exists")
     p.add_argument("--no_verify_images", action="store_true",
-                   help="skip the decode check of every image (faster; the pipeline still skips bad ones)")
+                   help="skip the decode check of every image or video (faster; the pipeline still skips bad "
+                        "ones)")
     args = p.parse_args(argv)
     kwargs: dict[str, Any] = {}
     if args.source == "synthetic":
@@ -300,12 +373,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         kwargs = dict(num_images=2000 if args.num_images is None else args.num_images,
                       eval_images=args.eval_images, seed=args.seed,
                       statements_per_pair=args.statements_per_pair, image_size=args.image_size)
+    if args.source == "synthetic_video":
+        kwargs = dict(clips=args.clips, frames=args.frames_per_clip, captions_per_clip=args.captions_per_clip,
+                      questions_per_clip=args.questions_per_clip, image_size=args.image_size, seed=args.seed)
     cli.check_output_dir(args.data_dir, "--data_dir")
     builder = make_builder(args.source, args.data_dir, annotations=args.annotations,
                            image_root=args.image_root, name=args.name,
                            verify_images=not args.no_verify_images, questions=args.questions,
                            vg_image_root=args.vg_image_root, answer_list=args.answer_list,
-                           answer_list_size=args.answer_list_size, **kwargs)
+                           answer_list_size=args.answer_list_size, video_root=args.video_root,
+                           youtube_mapping=args.youtube_mapping, answer_list_from=args.answer_list_from, **kwargs)
     report = build(builder, overwrite=args.overwrite)  # DataError etc.: one line (blip_jax.cli)
     print(summary(report))
     print(f"read it with tfds.data_source({report['dataset']!r}, data_dir={args.data_dir!r})")

@@ -31,7 +31,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import grain
@@ -215,7 +215,10 @@ class VqaEvalBatches:
     """Iterator of evaluation batches; `skipped` lists (question_id, reason) of the questions
     whose image could not be read (valid=False in their batch), once the pass has reached them."""
 
-    def __init__(self, loader: grain.DataLoader, batch_size: int, num_questions: int) -> None:
+    # Per-question text columns of a batch ("" on padding rows); video QA adds late_only.
+    string_columns: tuple[str, ...] = ("question", "question_type", "answer_type")
+
+    def __init__(self, loader: Iterable[dict[str, Any]], batch_size: int, num_questions: int) -> None:
         self.batch_size, self.num_questions = batch_size, num_questions  # this process's real questions
         self.skipped: list[tuple[int, str]] = []
         self._batches = self._generate(loader)
@@ -226,7 +229,7 @@ class VqaEvalBatches:
     def __next__(self) -> dict[str, np.ndarray]:
         return next(self._batches)
 
-    def _generate(self, loader: grain.DataLoader) -> Iterator[dict[str, np.ndarray]]:
+    def _generate(self, loader: Iterable[dict[str, Any]]) -> Iterator[dict[str, np.ndarray]]:
         rows: list[dict[str, Any]] = []
         for rec in loader:  # record order, also with workers
             if rec["error"] and not rec["padding"]:
@@ -257,9 +260,8 @@ class VqaEvalBatches:
 
         return {"image": stack("image"), "question_ids": stack("question_ids"),
                 "question_mask": stack("question_mask"), "question_id": column("question_id", -1, np.int64),
-                "question": column("question", "", object).astype(str), "answers": column("answers", [], object),
-                "question_type": column("question_type", "", object).astype(str),
-                "answer_type": column("answer_type", "", object).astype(str),
+                "answers": column("answers", [], object),
+                **{key: column(key, "", object).astype(str) for key in self.string_columns},
                 "valid": np.array([real[i] and not rows[i]["error"] if i < n else False for i in range(size)])}
 
 

@@ -14,6 +14,11 @@ evaluation protocols (retrieval, captioning). Used by the trainer's periodic eva
   streamed, not loaded: `load_eval_data` returns a `StreamedSplit` naming it.
 - task "nlvr": every (image pair, sentence) of the split classified; accuracy, and consistency
   where identifiers are NLVR2's (blip_jax/evaluation/nlvr.py). Streamed like vqa.
+- task "video_retrieval" (zero-shot, a retrieval model): TR/VR R@1/5/10 and median rank over
+  config.data.num_frames frames per video (blip_jax/evaluation/video_retrieval.py); the videos
+  are decoded into memory like the image split.
+- task "videoqa" (zero-shot, a VQA model): as vqa with each question's video frames' tokens
+  concatenated as the image input. Streamed.
 """
 
 from __future__ import annotations
@@ -36,13 +41,14 @@ from blip_jax.evaluation import retrieval
 from blip_jax.image import normalize
 from blip_jax.models.blip import Blip
 
-TASKS = ("pretrain", "retrieval", "caption", "vqa", "nlvr")
-STREAMED_TASKS = ("vqa", "nlvr")  # evaluated batch by batch from the records
+TASKS = ("pretrain", "retrieval", "caption", "vqa", "nlvr", "video_retrieval", "videoqa")
+STREAMED_TASKS = ("vqa", "nlvr", "videoqa")  # evaluated batch by batch from the records
+EVAL_ONLY_TASKS = ("video_retrieval", "videoqa")  # zero-shot transfer: nothing to train
 
 
 @dataclasses.dataclass(frozen=True)
 class StreamedSplit:
-    """A VQA or NLVR2 split to stream through evaluation (examples are read batch by batch)."""
+    """A VQA, NLVR2 or video QA split to stream through evaluation (read batch by batch)."""
 
     data_dir: str
     dataset_name: str
@@ -50,11 +56,19 @@ class StreamedSplit:
 
 
 def load_eval_data(config: ml_collections.ConfigDict, data_dir: str, dataset_name: str,
-                   split: str) -> pipeline.EvalData | StreamedSplit:
+                   split: str) -> pipeline.EvalData | StreamedSplit | Any:
     """The split as EvalData, cut to its first config.eval.max_images images (0 = all); for
-    tasks vqa and nlvr a StreamedSplit (config.eval.max_images then caps the examples)."""
+    task video_retrieval a VideoEvalData cut the same way (videos); for the streamed tasks a
+    StreamedSplit (config.eval.max_images then caps the examples)."""
     if config.task in STREAMED_TASKS:
         return StreamedSplit(data_dir, dataset_name, split)
+    if config.task == "video_retrieval":
+        from blip_jax.data import video_pipeline  # PyAV loads only for the video tasks
+        videos = video_pipeline.make_video_eval_data(
+            data_dir, dataset_name, split, num_frames=config.data.num_frames,
+            image_size=config.model.vision.image_size, sampling=config.data.frame_sampling,
+            max_words=config.data.max_words, max_tokens=config.data.max_tokens)
+        return first_videos(videos, config.eval.max_images)
     data = pipeline.make_eval_data(data_dir, dataset_name, split,
                                    image_size=config.model.vision.image_size,
                                    max_words=config.data.max_words,
@@ -64,15 +78,27 @@ def load_eval_data(config: ml_collections.ConfigDict, data_dir: str, dataset_nam
 
 def first_images(data: pipeline.EvalData, n: int) -> pipeline.EvalData:
     """The first n images with their texts (n <= 0 or >= all: unchanged)."""
-    if n <= 0 or n >= len(data.images):
+    return _first(data, n, ("images", "image_ids", "image_paths"), "text_to_image", "image_to_texts")
+
+
+def first_videos(data: Any, n: int) -> Any:
+    """The first n videos of a VideoEvalData with their texts (n <= 0 or >= all: unchanged)."""
+    return _first(data, n, ("videos", "video_ids"), "text_to_video", "video_to_texts",
+                  per_text=("late_only",))
+
+
+def _first(data: Any, n: int, items: tuple[str, ...], text_to_item: str, item_to_texts: str,
+           per_text: tuple[str, ...] = ()) -> Any:
+    if n <= 0 or n >= len(getattr(data, items[0])):
         return data
-    keep = np.flatnonzero(data.text_to_image < n)
+    keep = np.flatnonzero(getattr(data, text_to_item) < n)
     remap = {int(t): i for i, t in enumerate(keep)}
     return dataclasses.replace(
-        data, images=data.images[:n], image_ids=data.image_ids[:n], image_paths=data.image_paths[:n],
+        data, **{f: getattr(data, f)[:n] for f in items},
+        **{f: [getattr(data, f)[t] for t in keep] for f in per_text},
         texts=[data.texts[t] for t in keep], text_ids=data.text_ids[keep],
-        text_mask=data.text_mask[keep], text_to_image=data.text_to_image[keep],
-        image_to_texts=[[remap[t] for t in ts] for ts in data.image_to_texts[:n]])
+        text_mask=data.text_mask[keep], **{text_to_item: getattr(data, text_to_item)[keep]},
+        **{item_to_texts: [[remap[t] for t in ts] for ts in getattr(data, item_to_texts)[:n]]})
 
 
 def evaluate(config: ml_collections.ConfigDict, model: Blip, params: Any,
@@ -83,8 +109,8 @@ def evaluate(config: ml_collections.ConfigDict, model: Blip, params: Any,
     answers (VQA server JSON), the nlvr task its predictions."""
     if config.task not in TASKS:
         raise ValueError(f"config.task={config.task!r}: use one of {TASKS}")
-    if config.task == "vqa":
-        from blip_jax.evaluation import vqa  # the VQA data stack loads only for this task
+    if config.task in ("vqa", "videoqa"):
+        from blip_jax.evaluation import vqa  # the VQA data stack loads only for these tasks
         return vqa.evaluate_vqa(config, model, params, data.data_dir, data.dataset_name,
                                 data.split, output_dir)
     if config.task == "nlvr":
@@ -93,6 +119,14 @@ def evaluate(config: ml_collections.ConfigDict, model: Blip, params: Any,
                                   data.split, output_dir)
     if config.task == "caption":
         return evaluate_captioning(config, model, params, data, output_dir=output_dir)
+    if config.task == "video_retrieval":
+        from blip_jax.evaluation import video_retrieval
+        return video_retrieval.evaluate_video_retrieval(
+            model, params, data.videos, data.text_ids, data.text_mask, data.text_to_video,
+            data.video_to_texts, k_test=config.eval.k_test, batch_size=config.eval.batch_size,
+            texts_per_group=config.eval.video_texts_per_group, mesh=mesh,
+            text_groups={"late_only": np.asarray(data.late_only) == "yes",
+                         "not_late_only": np.asarray(data.late_only) == "no"})
     return evaluate_retrieval(config, model, params, data, mesh=mesh)
 
 
@@ -181,5 +215,5 @@ def write_json(path: str, results: dict) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["TASKS", "decode_options", "evaluate", "evaluate_captioning", "evaluate_retrieval",
-           "first_images", "generate_captions", "load_eval_data", "write_json"]
+__all__ = ["EVAL_ONLY_TASKS", "TASKS", "decode_options", "evaluate", "evaluate_captioning", "evaluate_retrieval",
+           "first_images", "first_videos", "generate_captions", "load_eval_data", "write_json"]

@@ -208,12 +208,24 @@ def evaluate_video_retrieval(model: Blip, params, videos: np.ndarray, text_ids: 
                              text_mask: np.ndarray, text_to_video: np.ndarray,
                              video_to_texts: Sequence[Sequence[int]], *, k_test: int,
                              batch_size: int = 32, texts_per_group: int = 16,
-                             mesh: Optional[Mesh] = None) -> dict[str, float]:
-    """`video_retrieval_scores` then `video_retrieval_metrics`."""
+                             mesh: Optional[Mesh] = None,
+                             text_groups: Optional[dict[str, np.ndarray]] = None
+                             ) -> dict[str, float]:
+    """`video_retrieval_scores` then `video_retrieval_metrics`; for each non-empty entry of
+    text_groups (name -> bool [T]) also the text-query recall of those texts alone, keyed
+    "vid_r1/NAME" etc., with "num_texts/NAME"."""
     scores = video_retrieval_scores(model, params, videos, text_ids, text_mask, k_test=k_test,
                                     batch_size=batch_size, texts_per_group=texts_per_group,
                                     mesh=mesh)
-    return video_retrieval_metrics(*scores, text_to_video, video_to_texts)
+    out = video_retrieval_metrics(*scores, text_to_video, video_to_texts)
+    _, t_rank = retrieval.retrieval_ranks(*scores, text_to_video, video_to_texts)
+    for name, queries in (text_groups or {}).items():
+        rank = t_rank[np.asarray(queries, bool)]
+        if len(rank):
+            out.update({f"vid_r{k}/{name}": 100.0 * float(np.mean(rank < k)) for k in (1, 5, 10)})
+            out[f"vid_mdR/{name}"] = float(np.median(rank + 1))
+            out[f"num_texts/{name}"] = len(rank)
+    return out
 
 
 __all__ = ["PairGroups", "evaluate_video_retrieval", "group_pairs", "video_retrieval_metrics",

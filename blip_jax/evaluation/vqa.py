@@ -38,11 +38,16 @@ def answer_split(config: ml_collections.ConfigDict, model: Blip, params: Any, da
         candidates = answering.AnswerCandidates.build(
             vqa_builders.load_answer_list(data_dir, dataset_name))
         cand_ids, cand_mask = jnp.asarray(candidates.ids), jnp.asarray(candidates.mask)
-    batches = vqa_pipeline.vqa_eval_batches(
-        data_dir, dataset_name, split, batch_size=config.eval.batch_size,
-        image_size=config.model.vision.image_size,
-        max_question_words=config.data.max_question_words,
-        max_question_tokens=config.data.max_question_tokens)
+    options = dict(batch_size=config.eval.batch_size, image_size=config.model.vision.image_size,
+                   max_question_words=config.data.max_question_words,
+                   max_question_tokens=config.data.max_question_tokens)
+    if config.task == "videoqa":  # zero-shot: each question's frames [B, F, S, S, 3] as its image
+        from blip_jax.data import video_pipeline
+        batches = video_pipeline.videoqa_eval_batches(
+            data_dir, dataset_name, split, num_frames=config.data.num_frames,
+            sampling=config.data.frame_sampling, **options)
+    else:
+        batches = vqa_pipeline.vqa_eval_batches(data_dir, dataset_name, split, **options)
     records, limit = [], config.eval.max_images
     for batch in batches:
         states = answering.encode_questions(model, params, jnp.asarray(batch["image"]),
@@ -64,7 +69,8 @@ def answer_split(config: ml_collections.ConfigDict, model: Blip, params: Any, da
             records.append({"question_id": int(batch["question_id"][i]),
                             "question": str(batch["question"][i]), "answer": texts[i],
                             "tokens": tokens[i], "answers": list(batch["answers"][i]),
-                            "question_type": str(batch["question_type"][i])})
+                            "question_type": str(batch["question_type"][i]),
+                            "late_only": str(batch["late_only"][i]) if "late_only" in batch else ""})
         if limit and len(records) >= limit:
             records = records[:limit]
             break
@@ -92,6 +98,14 @@ def evaluate_vqa(config: ml_collections.ConfigDict, model: Blip, params: Any, da
                                     {r["question_id"]: r["question_type"] or "all" for r in scored})
         out["vqa_accuracy"] = acc["overall"]
         out.update({f"vqa_accuracy/{t}": v for t, v in sorted(acc["per_type"].items())})
+        # Video QA on the synthetic clips: questions the first frame alone cannot answer.
+        for tag, name in (("yes", "late_only"), ("no", "not_late_only")):
+            part = [r for r in scored if r["late_only"] == tag]
+            if part:
+                out[f"vqa_accuracy/{name}"] = vqa_accuracy.evaluate(
+                    {r["question_id"]: r["answer"] for r in part},
+                    {r["question_id"]: r["answers"] for r in part})["overall"]
+                out[f"num_questions/{name}"] = len(part)
         # Answers that ignore the image, for reference: the split's most common answer, and
         # the most common answer of each question type (a language prior).
         out["majority_answer_accuracy"] = prior_accuracy(scored, by_type=False)

@@ -153,4 +153,27 @@ def nlvr(steps: int = 600) -> ml_collections.ConfigDict:
     return c
 
 
-__all__ = ["NUM_IMAGES", "caption", "nlvr", "pretrain", "retrieval", "vqa"]
+def video_retrieval() -> ml_collections.ConfigDict:
+    """Zero-shot text-video retrieval with the tiny retrieval model (`retrieval()`, trained on
+    images only) on the synthetic clips: 8 frames, each query's top 32 re-ranked by ITM."""
+    c = retrieval()
+    c.task = "video_retrieval"
+    c.data.eval_source = ("synthetic_video", "test")
+    c.data.num_frames = 8
+    c.eval.batch_size = 32
+    return c
+
+
+def videoqa() -> ml_collections.ConfigDict:
+    """Zero-shot video QA with the tiny VQA model (`vqa()`, trained on images only) on the
+    synthetic clips' questions: 16 frames (the paper's), the answer list ranked."""
+    c = vqa()
+    c.task = "videoqa"
+    c.data.eval_source = ("synthetic_videoqa", "test")
+    c.data.num_frames = 16
+    c.eval.batch_size = 32
+    return c
+
+
+__all__ = ["NUM_IMAGES", "caption", "nlvr", "pretrain", "retrieval", "video_retrieval", "videoqa",
+           "vqa"]

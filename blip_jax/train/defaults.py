@@ -51,6 +51,20 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
     c.data.synthetic_vqa_questions_per_image = 6  # the "synthetic_vqa" dataset alias
     c.data.synthetic_nlvr_statements_per_pair = 2  # the "synthetic_nlvr" alias (pairs: synthetic_num_images)
     c.data.nlvr_swap = True  # task nlvr: swap the two images and the words left/right with p 0.5 (the original)
+    # Video (zero-shot video retrieval and video QA; blip_jax/data/video_pipeline.py): frames read
+    # per video (the original: 8 for MSRVTT retrieval; the paper's video QA: 16), squash-resized to
+    # model.vision.image_size, and which: "uniform" (frame floor(i * n / F) of n, evenly over the
+    # whole video) or "original" (BLIP's np.arange(0, n, n / F, dtype=int) = i * int(n / F), which
+    # rounds the step down and can miss the end of the video; blip_jax/data/video.py).
+    c.data.num_frames = 8
+    c.data.frame_sampling = "uniform"
+    # The built-in synthetic video set behind the aliases "synthetic_video" (retrieval: its
+    # captions) and "synthetic_videoqa" (QA: its questions), one dataset with splits val and test
+    # (blip_jax/data/synthetic_video.py; seed: synthetic_seed).
+    c.data.synthetic_video_clips = 100  # clips in val and in test each
+    c.data.synthetic_video_frames = 16  # frames per clip, at 8 fps
+    c.data.synthetic_video_captions = 1  # captions per clip (MSRVTT 1k-A: 1 per video)
+    c.data.synthetic_video_questions = 3  # questions per clip (10 annotator answers each)
     c.data.crop_scale = (0.2, 1.0)
     c.data.randaugment = True
     # Horizontal flip: "plain" mirrors the image only (the original); "swap" also swaps the words
@@ -128,6 +142,9 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
     c.eval.batch_size = 64
     c.eval.itm_rerank = False  # retrieval: False = ITC cosine only; True = the paper's protocol
     c.eval.k_test = 256  # ITM re-ranks each query's top k (paper: COCO 256, Flickr 128)
+    # video_retrieval: texts sharing one video's cross-attention keys/values in the re-rank
+    # (1 = recomputed for every pair, as the original; evaluation/video_retrieval.py)
+    c.eval.video_texts_per_group = 16
     c.eval.num_beams = 3  # captioning: beam search (1 = greedy) ...
     c.eval.top_p = 0.0  # ... or nucleus sampling when > 0
     c.eval.max_length = 20  # tokens, [DEC] and the prompt included (as the original counts)

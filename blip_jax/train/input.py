@@ -16,6 +16,10 @@ from blip_jax.evaluation import tasks
 SYNTHETIC = "synthetic"  # config alias for the built-in synthetic dataset of config.data
 SYNTHETIC_VQA = "synthetic_vqa"  # ... and for the built-in synthetic VQA task
 SYNTHETIC_NLVR = "synthetic_nlvr"  # ... and for the built-in synthetic two-image (NLVR2) task
+# ... and for the built-in synthetic video set: one dataset (clips with captions and questions)
+# behind both names, video retrieval reading its captions and video QA its questions.
+SYNTHETIC_VIDEO = "synthetic_video"
+SYNTHETIC_VIDEOQA = "synthetic_videoqa"
 
 
 def data_dir(config: ml_collections.ConfigDict) -> str:
@@ -34,6 +38,12 @@ def _synthetic_nlvr_kwargs(data: ml_collections.ConfigDict) -> dict:
                 eval_images=data.synthetic_eval_images or None,
                 statements_per_pair=data.synthetic_nlvr_statements_per_pair,
                 seed=data.synthetic_seed)
+
+
+def _synthetic_video_kwargs(data: ml_collections.ConfigDict) -> dict:
+    return dict(clips=data.synthetic_video_clips, frames=data.synthetic_video_frames,
+                captions_per_clip=data.synthetic_video_captions,
+                questions_per_clip=data.synthetic_video_questions, seed=data.synthetic_seed)
 
 
 def _ensure(config: ml_collections.ConfigDict, name_fn, ensure_fn, kwargs: dict) -> str:
@@ -65,6 +75,9 @@ def resolve(config: ml_collections.ConfigDict, name: str) -> str:
     if name == SYNTHETIC_NLVR:
         return _ensure(config, prepare.synthetic_nlvr_dataset_name, prepare.ensure_synthetic_nlvr,
                        _synthetic_nlvr_kwargs(config.data))
+    if name in (SYNTHETIC_VIDEO, SYNTHETIC_VIDEOQA):
+        return _ensure(config, prepare.synthetic_video_dataset_name, prepare.ensure_synthetic_video,
+                       _synthetic_video_kwargs(config.data))
     return name
 
 

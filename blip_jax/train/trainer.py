@@ -64,6 +64,10 @@ TASKS = ("pretrain", "caption", "retrieval", "vqa", "nlvr")
 
 def check_task(config: ml_collections.ConfigDict) -> None:
     """config.task is known and its losses and model fit it (checked before any data is read)."""
+    if config.task in ("video_retrieval", "videoqa"):  # evaluation.tasks.EVAL_ONLY_TASKS
+        raise ValueError(f"task {config.task} is zero-shot evaluation of an image-trained model: "
+                         f"there is nothing to train. Evaluate a checkpoint with `python -m "
+                         f"blip_jax.evaluate --config=... --checkpoint=DIR`")
     if config.task not in TASKS:
         raise ValueError(f"config.task={config.task!r}: use one of {', '.join(TASKS)}")
     if config.task == "vqa":
