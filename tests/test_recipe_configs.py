@@ -104,3 +104,18 @@ def test_nlvr_recipe_is_the_originals():
     tiny = _config("nlvr_tiny")
     check_keys(tiny)
     assert tiny.model.image_pair and tiny.model.pair_merge_layer == tiny.model.text.num_layers // 2
+
+
+def test_video_recipes_are_the_originals():
+    """configs/retrieval_msrvtt.yaml + eval_retrieval_video.py: the COCO retrieval model at 384
+    px, 8 frames, k_test 128, pre_caption(caption, 40), 35 tokens; the paper's video QA: the VQA
+    model with 16 frames. Both evaluate only."""
+    r = _config("retrieval_video")
+    assert r.task == "video_retrieval" and r.data.eval_source == ("blip_msrvtt_retrieval", "test")
+    assert r.model.vision.image_size == 384 and r.data.num_frames == 8 and r.eval.k_test == 128
+    assert r.data.max_words == 40 and r.data.max_tokens == 35 and r.eval.max_images == 0
+    assert not r.model.text_decoder and r.model.itc_itm_heads
+    assert r.data.frame_sampling in ("uniform", "original")
+    q = _config("videoqa")
+    assert q.task == "videoqa" and q.data.num_frames == 16 and q.eval.vqa_inference == "rank"
+    assert q.model.decoder_context == "question" and q.eval.max_images == 0
