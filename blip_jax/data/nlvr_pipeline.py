@@ -37,7 +37,7 @@ from PIL import Image
 from blip_jax.data import transforms
 from blip_jax.data.decode import decode_rgb
 from blip_jax.data.pipeline import (FLIP_MODES, TrainIterator, TrainLoader, _LOG_FIRST, _Tokenizing,
-                                    _absl_flags_ready, shuffled_batches, train_image)
+                                    _absl_flags_ready, check_train_options, shuffled_batches, train_image)
 from blip_jax.data.sources import RecordSource, Source, normalize_sources
 from blip_jax.image import ImageError, normalize
 from blip_jax.tokenizer import SEP_ID, pre_caption
@@ -158,14 +158,8 @@ def make_nlvr_train_loader(data_dir: str, sources: Sequence[Source], *, global_b
     process/worker count gives the same global batches, and iter(loader).get_state()/set_state()
     resume on exactly the next batch. Defaults as the original: pre_caption(sentence, 40), crop
     scale (0.5, 1), flip, RandAugment, the pair swap."""
-    if global_batch_size % shard_count:
-        raise ValueError(f"global_batch_size {global_batch_size} is not divisible by shard_count {shard_count}")
     _check_flip(flip)
-    unknown = set(randaug_ops) - set(transforms.RANDAUG_OPS)
-    if unknown:
-        raise ValueError(f"unknown RandAugment ops {sorted(unknown)}; known: {transforms.RANDAUG_OPS}")
-    if not 0 < scale[0] <= scale[1] <= 1:
-        raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+    check_train_options(global_batch_size, shard_count, flip, scale, randaug_ops)
     if max_tokens < 3:
         raise ValueError(f"max_tokens must be >= 3 ([CLS] word [SEP]), got {max_tokens}")
     _absl_flags_ready()

@@ -190,6 +190,20 @@ class TrainLoader:
         return TrainIterator(iter(self.loader), repr(self.source))
 
 
+def check_train_options(global_batch_size: int, shard_count: int, flip: str,
+                        scale: tuple[float, float], randaug_ops: Sequence[str]) -> None:
+    """The options every training loader (image-text, VQA, NLVR2) takes, checked up front."""
+    if global_batch_size % shard_count:
+        raise ValueError(f"global_batch_size {global_batch_size} is not divisible by shard_count {shard_count}")
+    if flip not in FLIP_MODES:
+        raise ValueError(f"flip={flip!r}; expected one of {FLIP_MODES}")
+    unknown = set(randaug_ops) - set(transforms.RANDAUG_OPS)
+    if unknown:
+        raise ValueError(f"unknown RandAugment ops {sorted(unknown)}; known: {transforms.RANDAUG_OPS}")
+    if not 0 < scale[0] <= scale[1] <= 1:
+        raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+
+
 def make_train_loader(data_dir: str, dataset_name: str | Sequence[Source], split: str | None = None, *,
                       global_batch_size: int, image_size: int, max_words: int = 30, max_tokens: int = 30,
                       seed: int = 0, num_epochs: int | None = None, shard_index: int = 0, shard_count: int = 1,
@@ -204,15 +218,7 @@ def make_train_loader(data_dir: str, dataset_name: str | Sequence[Source], split
     epoch ends. For the synthetic data a milder crop (scale=(0.5, 1.0)) keeps most shapes in view.
     `prompt` is prepended to every caption (captioning fine-tunes: "a picture of ").
     """
-    if global_batch_size % shard_count:
-        raise ValueError(f"global_batch_size {global_batch_size} is not divisible by shard_count {shard_count}")
-    if flip not in FLIP_MODES:
-        raise ValueError(f"flip={flip!r}; expected one of {FLIP_MODES}")
-    unknown = set(randaug_ops) - set(transforms.RANDAUG_OPS)
-    if unknown:
-        raise ValueError(f"unknown RandAugment ops {sorted(unknown)}; known: {transforms.RANDAUG_OPS}")
-    if not 0 < scale[0] <= scale[1] <= 1:
-        raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+    check_train_options(global_batch_size, shard_count, flip, scale, randaug_ops)
     _absl_flags_ready()
     # Every process opens all records; the sampler gives each its slice of every global batch.
     source = RecordSource(data_dir, normalize_sources(dataset_name, split))

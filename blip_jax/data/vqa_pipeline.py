@@ -40,8 +40,8 @@ from PIL import Image
 
 from blip_jax.data import transforms
 from blip_jax.data.decode import decode_rgb
-from blip_jax.data.pipeline import (FLIP_MODES, TrainIterator, TrainLoader, _LOG_FIRST, _Tokenizing,
-                                    _absl_flags_ready, shuffled_batches, train_image)
+from blip_jax.data.pipeline import (TrainIterator, TrainLoader, _LOG_FIRST, _Tokenizing,
+                                    _absl_flags_ready, check_train_options, shuffled_batches, train_image)
 from blip_jax.data.sources import RecordSource, Source, normalize_sources
 from blip_jax.image import ImageError, normalize
 from blip_jax.tokenizer import SEP_ID, BlipTokenizer, pre_question  # pre_question: re-exported
@@ -168,12 +168,7 @@ def make_vqa_train_loader(data_dir: str, sources: Sequence[Source], *, global_ba
     the concatenated (dataset_name, split) sources (BLIP: VQA train + val + VG QA). As
     pipeline.make_train_loader: any process/worker count gives the same global batches, and
     iter(loader).get_state()/set_state() resume on exactly the next batch."""
-    if global_batch_size % shard_count:
-        raise ValueError(f"global_batch_size {global_batch_size} is not divisible by shard_count {shard_count}")
-    if flip not in FLIP_MODES:
-        raise ValueError(f"flip={flip!r}; expected one of {FLIP_MODES}")
-    if not 0 < scale[0] <= scale[1] <= 1:
-        raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+    check_train_options(global_batch_size, shard_count, flip, scale, randaug_ops)
     if max_answers < 1 or max_answer_tokens < 3:
         raise ValueError(f"max_answers must be >= 1 and max_answer_tokens >= 3 ([CLS] a [SEP]), "
                          f"got {max_answers}, {max_answer_tokens}")
