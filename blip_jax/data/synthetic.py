@@ -455,6 +455,14 @@ def web_style(text: str, rng: np.random.Generator) -> str:
 
 # ---- datasets ----------------------------------------------------------------------------------
 
+def check_render_options(image_size: int, seed: int) -> None:
+    """The checks every synthetic data config makes of its scene size and seed."""
+    if image_size < 32:
+        raise ValueError(f"image_size must be >= 32 px for shapes to be recognisable, got {image_size}")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be a 32-bit non-negative integer, got {seed}")
+
+
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
     num_images: int = 10000         # train_web images (one caption each)
@@ -473,10 +481,7 @@ class SyntheticConfig:
         if not 0.0 <= self.nondescript_rate <= 1.0 - self.noise_rate + 1e-9:
             raise ValueError(f"nondescript_rate must be in [0, 1 - noise_rate = {1 - self.noise_rate:g}], "
                              f"got {self.nondescript_rate}")
-        if self.image_size < 32:
-            raise ValueError(f"image_size must be >= 32 px for shapes to be recognisable, got {self.image_size}")
-        if not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be a 32-bit non-negative integer, got {self.seed}")
+        check_render_options(self.image_size, self.seed)
 
     def split_sizes(self) -> dict[str, int]:
         clean = self.clean_images if self.clean_images is not None else max(1, self.num_images // 5)

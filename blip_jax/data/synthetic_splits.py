@@ -3,6 +3,8 @@ of their common fields, the split sizes, and the first id of each split."""
 
 from __future__ import annotations
 
+from blip_jax.data.synthetic import check_render_options
+
 SPLITS = ("train", "val", "test")  # in id order
 
 
@@ -19,10 +21,7 @@ class SplitsMixin:
         """The checks of the shared fields; a config's __post_init__ calls it, then its own."""
         if self.num_images < 1 or (self.eval_images is not None and self.eval_images < 1):
             raise ValueError(f"num_images and eval_images must be >= 1, got {self.num_images}, {self.eval_images}")
-        if self.image_size < 32:
-            raise ValueError(f"image_size must be >= 32 px for shapes to be recognisable, got {self.image_size}")
-        if not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be a 32-bit non-negative integer, got {self.seed}")
+        check_render_options(self.image_size, self.seed)
 
     def split_sizes(self) -> dict[str, int]:
         evals = self.eval_images if self.eval_images is not None else max(1, self.num_images // 10)

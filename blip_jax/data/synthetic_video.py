@@ -260,11 +260,9 @@ class SyntheticVideoConfig:
         if not 1 <= self.captions_per_clip <= 5 or not 1 <= self.questions_per_clip <= 10:
             raise ValueError(f"captions_per_clip must be in [1, 5] and questions_per_clip in [1, 10], got "
                              f"{self.captions_per_clip}, {self.questions_per_clip}")
-        if self.image_size < 32 or self.image_size % 2:
-            raise ValueError(f"image_size must be even (video codecs) and >= 32 px for shapes to be "
-                             f"recognisable, got {self.image_size}")
-        if not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be a 32-bit non-negative integer, got {self.seed}")
+        synthetic.check_render_options(self.image_size, self.seed)
+        if self.image_size % 2:
+            raise ValueError(f"image_size must be even for the video codecs, got {self.image_size}")
 
     @property
     def name(self) -> str:
