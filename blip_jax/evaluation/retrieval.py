@@ -163,7 +163,8 @@ def _put_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
-def _replicate_params(params, mesh: Mesh):
+def replicate_params(params, mesh: Mesh):
+    """params as global arrays replicated over the mesh (what the evaluation programs take)."""
     sharding = parallel.replicated(mesh)
 
     def one(x):
@@ -239,15 +240,16 @@ def _shortlist(queries: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarra
     return np.concatenate(sims), np.concatenate(idx).astype(np.int32)
 
 
-class _Features(NamedTuple):
+class Features(NamedTuple):
     image_tokens: jax.Array  # [>= N_img, tokens, width], replicated over the mesh (padded rows)
     image_embeds: np.ndarray  # [N_img, E] float32, L2-normalised
     text_embeds: np.ndarray  # [N_txt, E] float32, L2-normalised
 
 
-def _features(model: Blip, params, images: np.ndarray, text_ids: np.ndarray,
-              text_mask: np.ndarray, batch_size: int, mesh: Mesh) -> _Features:
-    """ITC features of every image and text, and every image's tokens kept on the mesh.
+def visual_text_features(model: Blip, params, images: np.ndarray, text_ids: np.ndarray,
+                         text_mask: np.ndarray, batch_size: int, mesh: Mesh) -> Features:
+    """ITC features of every image and text, and every image's tokens kept on the mesh
+    (params: `replicate_params(params, mesh)`).
     images [N, H, W, 3], or videos [N, F, H, W, 3] (tokens: the frames' concatenated, ITC
     feature: Blip.video_embed)."""
     num_frames = images.shape[1] if images.ndim == 5 else 0
@@ -276,7 +278,7 @@ def _features(model: Blip, params, images: np.ndarray, text_ids: np.ndarray,
         mask = _put_global(_padded(text_mask[start:start + chunk], chunk), txt_sharding)
         text_embeds.append(progs["text"](params, ids, mask))
     text_embeds = np.concatenate([np.asarray(e) for e in text_embeds])[:len(text_ids)]
-    return _Features(buf, image_embeds.astype(np.float32), text_embeds.astype(np.float32))
+    return Features(buf, image_embeds.astype(np.float32), text_embeds.astype(np.float32))
 
 
 def _itm_match(model: Blip, params, image_tokens: jax.Array, image_index: np.ndarray,
@@ -359,8 +361,8 @@ def retrieval_scores(model: Blip, params, images: np.ndarray, text_ids: np.ndarr
     if n_img == 0 or n_txt == 0 or len(text_mask) != n_txt:
         raise ValueError(f"need images and texts: got {n_img} images, {n_txt} text_ids and "
                          f"{len(text_mask)} text_mask rows")
-    params = _replicate_params(params, mesh)
-    feats = _features(model, params, images, text_ids, text_mask, batch_size, mesh)
+    params = replicate_params(params, mesh)
+    feats = visual_text_features(model, params, images, text_ids, text_mask, batch_size, mesh)
     clock("itc_features")
     k_txt, k_img = min(k_test, n_txt), min(k_test, n_img)
 
