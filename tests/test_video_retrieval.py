@@ -115,8 +115,12 @@ def test_group_pairs_covers_each_pair_once():
                   | {(int(v), t) for t in range(n_txt) for v in t2v[t]})
     assert got == want  # every pair of either shortlist, once
     assert np.all(np.diff(groups.video) >= 0) and groups.valid[:, 0].all()
+    assert groups.texts.shape[1] == 3
+    # Groups are never wider than the most texts a video has (no padded work).
+    wide = video_retrieval.group_pairs(v2t, t2v, n_vid, n_txt, texts_per_group=100)
+    assert wide.texts.shape[1] == wide.valid.sum(1).max() and len(wide.video) == n_vid
     # Each group slot found by the lookup is the pair it names.
-    flat_v = np.repeat(groups.video, 3)
+    flat_v = np.repeat(groups.video, groups.texts.shape[1])
     flat_t = groups.texts.ravel()
     keys = flat_v[groups.pair_slot].astype(np.int64) * n_txt + flat_t[groups.pair_slot]
     np.testing.assert_array_equal(keys, groups.pair_keys)

@@ -52,16 +52,17 @@ class PairGroups(NamedTuple):
 
 def group_pairs(v2t_idx: np.ndarray, t2v_idx: np.ndarray, num_videos: int, num_texts: int,
                 texts_per_group: int) -> PairGroups:
-    """Groups the union of both shortlists by video. v2t_idx [V, k_t]: each video's top texts;
-    t2v_idx [T, k_v]: each text's top videos."""
+    """Groups the union of both shortlists by video, texts_per_group per group (fewer when no
+    video has that many). v2t_idx [V, k_t]: each video's top texts; t2v_idx [T, k_v]: each
+    text's top videos."""
     if texts_per_group < 1:
         raise ValueError(f"texts_per_group must be >= 1, got {texts_per_group}")
-    g = texts_per_group
     videos = np.concatenate([np.repeat(np.arange(num_videos), v2t_idx.shape[1]), t2v_idx.ravel()])
     texts = np.concatenate([v2t_idx.ravel(), np.repeat(np.arange(num_texts), t2v_idx.shape[1])])
     keys = np.unique(videos.astype(np.int64) * num_texts + texts)
     pv, pt = keys // num_texts, keys % num_texts
     counts = np.bincount(pv, minlength=num_videos)
+    g = min(texts_per_group, int(counts.max()))  # no group wider than the most any video needs
     groups = -(-counts // g)
     first_group = np.cumsum(groups) - groups
     first_pair = np.cumsum(counts) - counts
