@@ -4,8 +4,8 @@ without TensorFlow), images kept as their original encoded bytes.
 Record layout, the same for every builder: splits whose name starts with "train" hold one record
 per (image, caption) pair; the other splits (val, test) one record per image with all its
 reference captions. Features: image (bytes), image_id (int, stable, unique within the dataset),
-image_path (relative to the image root), captions (list of str); the synthetic builder adds
-noise (label), clean_caption and scene (JSON).
+image_path (relative to the image root; webdataset shards: SHARD.tar/KEY), captions (list of
+str); the synthetic builder adds noise (label), clean_caption and scene (JSON).
 
 Missing or undecodable images and empty captions are skipped and listed in `self.report`; a
 split left with no record is a DataError.
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from blip_jax.data import synthetic
+from blip_jax.data import synthetic, webdataset
 from blip_jax.data.annotations import Entry, parse_annotation_specs, parse_karpathy
 from blip_jax.data.decode import read_checked
 from blip_jax.data.report import DataError, SkipReport
@@ -152,16 +152,47 @@ class _AnnotatedBuilder(_ImageTextBuilder, skip_registration=True):
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def _named_config(name: str) -> tfds.core.BuilderConfig:
+    """The config of a builder named by the user (written as <builder>/<name>)."""
+    if not _NAME.match(name):
+        raise DataError(f"dataset name {name!r}: use letters, digits, '_', '.', '-'")
+    return tfds.core.BuilderConfig(name=name, version=VERSION)
+
+
 class BlipPairs(_AnnotatedBuilder, skip_registration=True):
     """Image-text pairs in BLIP's annotation format (also the released CapFilt JSONs)."""
 
     def __init__(self, *, data_dir: str, name: str, annotations: Sequence[str], image_root: str,
                  verify_images: bool = True) -> None:
-        if not _NAME.match(name):
-            raise DataError(f"dataset name {name!r}: use letters, digits, '_', '.', '-'")
+        config = _named_config(name)
         self.SOURCE = ", ".join(annotations)
         super().__init__(data_dir=data_dir, image_root=image_root, splits=parse_annotation_specs(annotations),
-                         config=tfds.core.BuilderConfig(name=name, version=VERSION), verify_images=verify_images)
+                         config=config, verify_images=verify_images)
+
+
+class BlipWebdataset(_ImageTextBuilder, skip_registration=True):
+    """Image-text pairs from webdataset tar shards (img2dataset's output): one train record per
+    usable sample, image_id = its integer key, image_path = "SHARD.tar/KEY"; see data/webdataset.py."""
+
+    def __init__(self, *, data_dir: str, name: str, shards: str | Sequence[str], verify_images: bool = True) -> None:
+        config = _named_config(name)
+        self.SOURCE = shards if isinstance(shards, str) else ", ".join(shards)
+        self.reader = webdataset.ShardReader(webdataset.expand_shards(shards), verify_images)
+        super().__init__(data_dir=data_dir, config=config)
+
+    def _split_names(self) -> Sequence[str]:
+        return ["train"]
+
+    def _examples(self, split: str) -> Iterator[dict[str, Any]]:
+        for shard, s in self.reader:
+            if isinstance(s, webdataset.Skipped):  # key "": the shard itself (cut, count off its index)
+                self.report.add(f"{shard}/{s.key}" if s.key else shard, s.reason, split)
+                continue
+            yield {"image": s.image, "image_id": s.image_id, "image_path": f"{os.path.basename(shard)}/{s.key}",
+                   "captions": [s.caption]}
+
+    def report_extras(self) -> dict[str, Any]:
+        return {"shards": len(self.reader.shards), "index_checked_shards": self.reader.index_checked}
 
 
 class _Karpathy(_AnnotatedBuilder, skip_registration=True):

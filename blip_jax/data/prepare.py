@@ -4,6 +4,11 @@
     python -m blip_jax.data.prepare --source coco_karpathy --data_dir DIR --annotations dataset_coco.json --image_root DIR
     python -m blip_jax.data.prepare --source synthetic --data_dir DIR --num_images 10000 --noise_rate 0.4 --seed 0
 
+webdataset tar shards as img2dataset writes them (CC3M, CC12M, LAION; KEY.jpg + KEY.txt + KEY.json
+per sample) -> blip_webdataset/NAME (default NAME: the shards' folder), one train split:
+
+    python -m blip_jax.data.prepare --source webdataset --data_dir DIR --shards 'CC3M/{00000..00331}.tar' [--name cc3m]
+
 VQA (one record per question, and the answer list in the dataset's answer_list.json):
 
     python -m blip_jax.data.prepare --source blip_vqa --data_dir DIR \
@@ -53,13 +58,14 @@ from typing import Any
 
 from blip_jax import cli
 from blip_jax.data import (builders, nlvr_builders, synthetic, synthetic_nlvr, synthetic_video, synthetic_vqa,
-                           video_builders, vqa_builders)
+                           video_builders, vqa_builders, webdataset)
 from blip_jax.data.annotations import split_of
 from blip_jax.data.report import DataError, write_json
 
 REPORT_FILE = "prepare_report.json"
 SOURCES = ("json", "coco_karpathy", "flickr_karpathy", "synthetic", "blip_vqa", "vqa_v2", "synthetic_vqa",
-           "blip_nlvr", "nlvr2", "synthetic_nlvr", "msrvtt_retrieval", "msrvtt_qa", "msvd_qa", "synthetic_video")
+           "blip_nlvr", "nlvr2", "synthetic_nlvr", "msrvtt_retrieval", "msrvtt_qa", "msvd_qa", "synthetic_video",
+           "webdataset")
 
 
 def dataset_dir(data_dir: str, dataset_name: str) -> str:
@@ -101,7 +107,8 @@ def build(builder: builders._ImageTextBuilder, *, overwrite: bool = False) -> di
               "splits": builder.stats, "skip_counts": builder.report.counts(), "skipped": builder.report.to_list()}
     if isinstance(builder, builders.BlipSynthetic):
         report["noise_counts"] = builder.noise_counts
-    if isinstance(builder, (vqa_builders.VqaBuilder, nlvr_builders.NlvrBuilder, video_builders.VideoBuilder)):
+    if isinstance(builder, (vqa_builders.VqaBuilder, nlvr_builders.NlvrBuilder, video_builders.VideoBuilder,
+                            builders.BlipWebdataset)):
         report.update(builder.report_extras())
     write_json(os.path.join(out, REPORT_FILE), report)
     return report
@@ -112,12 +119,20 @@ def make_builder(source: str, data_dir: str, *, annotations: Sequence[str] = (),
                  vg_image_root: str | None = None, answer_list: str | None = None,
                  answer_list_size: int | None = None, video_root: str | None = None,
                  youtube_mapping: str | None = None, answer_list_from: Sequence[str] = (),
-                 **synthetic_kwargs: Any) -> builders._ImageTextBuilder:
+                 shards: str | Sequence[str] = (), **synthetic_kwargs: Any) -> builders._ImageTextBuilder:
     """synthetic_kwargs: SyntheticConfig fields (source synthetic), SyntheticVqaConfig fields
     (synthetic_vqa), SyntheticNlvrConfig fields (synthetic_nlvr) or SyntheticVideoConfig fields
     (synthetic_video); questions, vg_image_root, answer_list(_size): the VQA sources; video_root,
     youtube_mapping (msvd_qa), answer_list_from and questions / answer_list(_size): the video
-    sources (answer_list_size None: the source's default)."""
+    sources (answer_list_size None: the source's default); shards: the webdataset source's shard
+    spec(s), e.g. 'DIR/{00000..00099}.tar'."""
+    if source == "webdataset":
+        if not shards:
+            raise DataError("--source webdataset needs --shards, e.g. 'DIR/{00000..00099}.tar' (img2dataset's "
+                            "output folder; quote it so the shell leaves the braces alone)")
+        folder = os.path.dirname(os.path.abspath(webdataset.expand_shards(shards)[0]))
+        return builders.BlipWebdataset(data_dir=data_dir, name=name or os.path.basename(folder), shards=shards,
+                                       verify_images=verify_images)
     if source == "synthetic_video":
         return video_builders.BlipSyntheticVideo(
             data_dir=data_dir, cfg=synthetic_video.SyntheticVideoConfig(**synthetic_kwargs))
@@ -271,6 +286,9 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"  {split}: {s['records']} {unit}, {s['images']} images{per_dataset}")
     if "noise_counts" in report:
         lines.append(f"  train_web text kinds: {report['noise_counts']}")
+    if "index_checked_shards" in report:
+        lines.append(f"  from {report['shards']} shards, {report['index_checked_shards']} of them checked against "
+                     f"their parquet index")
     for split, types in report.get("question_types", {}).items():
         lines.append(f"  {split} question types: " + ", ".join(f"{n} {t}" for t, n in types.items()))
     for split, counts in report.get("clip_counts", {}).items():
@@ -308,6 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(train=nlvr_train.json val=nlvr_dev.json test=nlvr_test.json); nlvr2: SPLIT=FILE of "
                         "the official json-lines files (train=train.json val=dev.json test=test1.json); "
                         "msrvtt_retrieval: BLIP's msrvtt_test.jsonl (split test, or SPLIT=FILE)")
+    p.add_argument("--shards", nargs="+", default=[],
+                   help="webdataset: the tar shards, e.g. 'DIR/{00000..00099}.tar' (quoted), a glob, or several "
+                        "(also joined by ',')")
     p.add_argument("--video_root", help="msrvtt_retrieval, msrvtt_qa: the folder of MSRVTT's .mp4 files; msvd_qa: "
                                         "the folder of MSVD's .avi files (YouTubeClips)")
     p.add_argument("--youtube_mapping", help="msvd_qa: MSVD's youtube_mapping.txt ('<youtube name> vid<N>' "
@@ -338,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--captions_per_clip", type=int, default=1, help="synthetic_video: captions per clip")
     p.add_argument("--questions_per_clip", type=int, default=3, help="synthetic_video: questions per clip")
     p.add_argument("--name", help="json, blip_vqa, blip_nlvr: dataset config name (default: the first "
-                                  "annotation file's stem)")
+                                  "annotation file's stem); webdataset: dataset name (default: the first shard's folder)")
     p.add_argument("--num_images", type=int, default=None,
                    help="synthetic: train_web images (default 10000); synthetic_vqa: train images (default "
                         "2000); synthetic_nlvr: train image pairs (default 2000)")
@@ -382,7 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            verify_images=not args.no_verify_images, questions=args.questions,
                            vg_image_root=args.vg_image_root, answer_list=args.answer_list,
                            answer_list_size=args.answer_list_size, video_root=args.video_root,
-                           youtube_mapping=args.youtube_mapping, answer_list_from=args.answer_list_from, **kwargs)
+                           youtube_mapping=args.youtube_mapping, answer_list_from=args.answer_list_from,
+                           shards=args.shards, **kwargs)
     report = build(builder, overwrite=args.overwrite)  # DataError etc.: one line (blip_jax.cli)
     print(summary(report))
     print(f"read it with tfds.data_source({report['dataset']!r}, data_dir={args.data_dir!r})")
