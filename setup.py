@@ -19,13 +19,18 @@ INSTALL_REQUIRES = [
     "tensorboard==2.21.0",
     "tokenizers==0.23.3",
     "safetensors==0.8.0",
-    "pillow==13.0.0",
+    "pillow==12.3.0",  # apache-beam 2.77 needs pillow<13 (as protobuf<7, pyarrow<26 below)
     "av==18.1.0",  # PyAV (FFmpeg): video decoding and the synthetic clips' encoding (libx264)
     "numpy==2.4.6",
     # COCO caption metrics (BLEU, METEOR, ROUGE-L, CIDEr, SPICE); METEOR/SPICE and the PTB
     # tokenizer run bundled Java jars (a JRE must be on PATH for those).
     "pycocoevalcap==1.2",
     "matplotlib==3.11.2",  # the bootstrap experiment's plot
+    # Distributed dataset builds (prepare --beam_runner): TFDS's Beam writer. apache-beam 2.77
+    # requires pillow<13, protobuf<7 and pyarrow<26, hence those pins.
+    "apache-beam==2.77.0",
+    "protobuf==6.33.6",
+    "pyarrow==25.0.1",  # also reads img2dataset's parquet indexes (webdataset source)
 ]
 
 setup(

@@ -194,3 +194,77 @@ def test_prepare_writes_dataset_that_trains(shards, tmp_path, capsys):
     assert len(batches) == 2
     assert batches[0]["image"].shape == (4, 32, 32, 3) and batches[0]["text_ids"].shape == (4, 30)
     assert sorted(np.concatenate([b["image_id"] for b in batches]).tolist()) == sorted(int(k) for k in keys)
+
+
+def _records(data_dir: str, name: str) -> list[dict]:
+    train = tfds.data_source(name, data_dir=data_dir)["train"]
+    return [{k: (list(v) if k == "captions" else v) for k, v in train[i].items()} for i in range(len(train))]
+
+
+def test_prepare_on_beam_is_the_in_process_build(shards, tmp_path, capsys):
+    """The same shards built in-process and on Beam's DirectRunner with 2 worker processes (one
+    shard per work item): the same records in the same order, the same report (each skip named),
+    and the Beam build trains."""
+    spec = f"{shards}/{{00000..00002}}.tar"
+    local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
+    assert prepare.main(["--source", "webdataset", "--data_dir", local, "--shards", spec, "--name", "cc"]) == 0
+    # multi_processing: 2 SDK worker processes (they start in this sandbox; in_memory would run
+    # the work items one after the other in this process)
+    assert prepare.main(["--source", "webdataset", "--data_dir", beam, "--shards", spec, "--name", "cc",
+                         "--beam_runner", "DirectRunner",
+                         "--beam_pipeline_options", "direct_num_workers=2,direct_running_mode=multi_processing"]) == 0
+    out = capsys.readouterr().out
+    name = "blip_webdataset/cc"
+    want, got = prepare.load_report(local, name), prepare.load_report(beam, name)
+    assert got["splits"] == want["splits"] and got["splits"]["train"]["records"] == 8
+    assert got["skipped"] == want["skipped"] and got["skip_counts"] == want["skip_counts"]
+    assert got["index_checked_shards"] == want["index_checked_shards"] and got["shards"] == 3
+    corrupt = f"{shards}/00000.tar/000000001"  # the truncated JPEG, named in both reports and printed
+    assert any(s["file"] == corrupt and s["reason"].startswith("not a readable image") for s in got["skipped"])
+    assert corrupt in out
+    assert got["beam_counters"] == {"samples": 8, "skipped": len(got["skipped"])} and "beam_counters" not in want
+    # every record the same (bytes, caption, id, path), in the same order
+    a, b = _records(local, name), _records(beam, name)
+    assert len(a) == len(b) == 8
+    assert {int(r["image_id"]): r for r in b}.keys() == {int(r["image_id"]): r for r in a}.keys()
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys() and all(np.array_equal(ra[k], rb[k]) for k in ra), ra["image_id"]
+    info = tfds.builder_from_directory(prepare.dataset_dir(beam, name)).info
+    assert info.splits["train"].num_examples == 8 and info.file_format.value == "array_record"
+
+    loader = make_train_loader(beam, name, "train", global_batch_size=4, image_size=32, num_epochs=1, seed=0)
+    batches = list(loader)
+    assert len(batches) == 2 and batches[1]["image"].shape == (4, 32, 32, 3)
+    assert sorted(np.concatenate([x["image_id"] for x in batches]).tolist()) == sorted(int(r["image_id"]) for r in a)
+
+
+def test_beam_build_errors(tmp_path, capsys):
+    """A shard's DataError raised in a Beam worker, ids of two shards that overlap, and a split
+    left empty fail as in-process; Beam flags are checked before anything is read."""
+    run = lambda *args: prepare.main(["--data_dir", str(tmp_path / "out"), *args])  # noqa: E731
+    in_memory = ["--beam_runner", "DirectRunner", "--beam_pipeline_options", "direct_running_mode=in_memory"]
+    _write_shard(tmp_path / "a.tar", [_sample("000000001")])
+    buf = io.BytesIO(_jpeg(0))
+    with tarfile.open(tmp_path / "b.tar", "w") as tar:
+        for name, data in [("img_a.jpg", buf.getvalue()), ("img_a.txt", b"caption")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert run("--source", "webdataset", "--shards", f"{tmp_path}/a.tar,{tmp_path}/b.tar", *in_memory) == 2
+    assert "b.tar/img_a: key 'img_a' is not a decimal number" in capsys.readouterr().err
+    _write_shard(tmp_path / "d.tar", [_sample("000000000"), _sample("000000003")])  # a's id 1 inside d's 0..3
+    assert run("--source", "webdataset", "--shards", f"{tmp_path}/a.tar,{tmp_path}/d.tar", *in_memory) == 2
+    assert "overlap those of" in capsys.readouterr().err  # the cross-shard check, on the workers' reports
+    _write_shard(tmp_path / "c.tar", [_sample("000000002", caption=None, meta=None)])
+    assert run("--source", "webdataset", "--shards", f"{tmp_path}/c.tar", "--name", "empty", *in_memory) == 2
+    err = capsys.readouterr().err
+    assert "has no usable example (1 skipped:" in err and "c.tar/000000002: missing caption" in err
+    wds = ["--source", "webdataset", "--shards", f"{tmp_path}/a.tar"]
+    for args, message in [
+        (["--source", "synthetic", "--beam_runner", "DirectRunner"], "only --source webdataset builds on Apache Beam"),
+        ([*wds, "--beam_pipeline_options=--x=1"], "'--x=1' is not key=value"),
+        ([*wds, "--beam_pipeline_options", "direct_num_workers=two"], "invalid int value: 'two'"),
+        ([*wds, "--beam_pipeline_options", "num_wokers=2"], "unknown Beam option(s) num_wokers"),
+        ([*wds, "--beam_runner", "NoSuchRunner"], "Unexpected pipeline runner: NoSuchRunner")]:
+        assert run(*args) == 2, args
+        assert message in capsys.readouterr().err, args

@@ -9,6 +9,11 @@ per sample) -> blip_webdataset/NAME (default NAME: the shards' folder), one trai
 
     python -m blip_jax.data.prepare --source webdataset --data_dir DIR --shards 'CC3M/{00000..00331}.tar' [--name cc3m]
 
+or on Apache Beam, one shard per work item (the same dataset, record for record):
+
+    python -m blip_jax.data.prepare --source webdataset --data_dir DIR --shards 'CC3M/{00000..00331}.tar' \
+        --beam_runner DirectRunner --beam_pipeline_options direct_num_workers=8,direct_running_mode=multi_processing
+
 VQA (one record per question, and the answer list in the dataset's answer_list.json):
 
     python -m blip_jax.data.prepare --source blip_vqa --data_dir DIR \
@@ -45,7 +50,9 @@ folder, which the input pipeline also reads (split sizes, image id ranges).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
+import io
 import json
 import logging
 import os
@@ -93,8 +100,66 @@ def _full_name(builder: builders._ImageTextBuilder) -> str:
     return f"{builder.name}/{builder.builder_config.name}" if builder.builder_config else builder.name
 
 
-def build(builder: builders._ImageTextBuilder, *, overwrite: bool = False) -> dict[str, Any]:
-    """Generates the dataset (unless already there) and writes/returns its report."""
+def beam_download_config(runner: str | None = None, pipeline_options: str | None = None) -> Any:
+    """The tfds.download.DownloadConfig of a Beam build, or None (no runner, no options: build in
+    this process). pipeline_options: "key=value,key=value,flag" as TFDS's build CLI takes them
+    (Beam's --key=value flags without the dashes), e.g. "direct_num_workers=2,direct_running_mode=
+    multi_processing" or "runner=DataflowRunner,project=P,region=R,temp_location=gs://B/tmp".
+    DataError without apache_beam, for an unknown runner, a malformed or unknown option, or a
+    value Beam rejects."""
+    if runner is None and pipeline_options is None:
+        return None
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions
+        from apache_beam.runners.runner import create_runner
+    except ImportError as e:
+        raise DataError(f"--beam_runner / --beam_pipeline_options need Apache Beam, which does not import "
+                        f"({e}): pip install apache-beam==2.77.0") from None
+    def check_runner(name: str, flag: str) -> None:
+        try:
+            create_runner(name)
+        except ValueError as e:
+            raise DataError(f"{flag} {name!r}: {e}") from None
+
+    if runner is not None:
+        check_runner(runner, "--beam_runner")
+    options = None
+    if pipeline_options is not None:
+        items = [o.strip() for o in pipeline_options.split(",")]
+        bad = [o for o in items if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(=.*)?", o)]
+        if bad:
+            raise DataError(f"--beam_pipeline_options {pipeline_options!r}: {', '.join(map(repr, bad))} is not "
+                            f"key=value (give comma-separated key=value pairs or flags, no dashes, e.g. "
+                            f"'direct_num_workers=2,direct_running_mode=multi_processing')")
+        options = PipelineOptions(flags=[f"--{o}" for o in items])
+        errors = io.StringIO()
+        try:  # Beam parses the flags lazily: parse them now, so a bad value fails here, not mid-build
+            with contextlib.redirect_stderr(errors):
+                given = options.get_all_options(retain_unknown_options=True)
+        except SystemExit:
+            message = (errors.getvalue().strip().splitlines() or ["rejected"])[-1].split(" error: ", 1)[-1]
+            raise DataError(f"--beam_pipeline_options {pipeline_options!r}: {message}") from None
+        unknown = sorted(set(given) - set(PipelineOptions([]).get_all_options()))
+        if unknown:
+            raise DataError(f"--beam_pipeline_options {pipeline_options!r}: unknown Beam option(s) "
+                            f"{', '.join(unknown)}")
+        if runner is None and isinstance(given.get("runner"), str):
+            check_runner(given["runner"], "--beam_pipeline_options runner")
+    import tensorflow_datasets as tfds
+    return tfds.download.DownloadConfig(beam_runner=runner, beam_options=options)
+
+
+def build(builder: builders._ImageTextBuilder, *, overwrite: bool = False, download_config: Any = None
+          ) -> dict[str, Any]:
+    """Generates the dataset (unless already there) and writes/returns its report.
+
+    download_config: a tfds.download.DownloadConfig (`beam_download_config`: build on Beam; only
+    the webdataset builder supports that), or None."""
+    if download_config is not None and (download_config.beam_runner is not None
+                                        or download_config.beam_options is not None):
+        if not isinstance(builder, builders.BlipWebdataset):
+            raise DataError(f"{_full_name(builder)}: only --source webdataset builds on Apache Beam; build this "
+                            f"one without --beam_runner / --beam_pipeline_options")
     out = builder.data_dir
     if os.path.exists(out) and (overwrite or not os.path.exists(os.path.join(out, REPORT_FILE))):
         shutil.rmtree(out)  # no report: a build that stopped before the end, or not ours
@@ -102,7 +167,7 @@ def build(builder: builders._ImageTextBuilder, *, overwrite: bool = False) -> di
         with open(os.path.join(out, REPORT_FILE), encoding="utf-8") as f:
             return {**json.load(f), "reused": True}
     with tempfile.TemporaryDirectory() as downloads:  # TFDS wants one; nothing is downloaded
-        builder.download_and_prepare(download_dir=downloads)
+        builder.download_and_prepare(download_dir=downloads, download_config=download_config)
     report = {"dataset": _full_name(builder), "path": out, "source": builder.SOURCE,
               "splits": builder.stats, "skip_counts": builder.report.counts(), "skipped": builder.report.to_list()}
     if isinstance(builder, builders.BlipSynthetic):
@@ -376,6 +441,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--image_size", type=int, default=96,
                    help="synthetic, synthetic_vqa, synthetic_nlvr, synthetic_video: rendered side in pixels")
     p.add_argument("--overwrite", action="store_true", help="rebuild a dataset that already exists")
+    p.add_argument("--beam_runner", default=None,
+                   help="webdataset: build on Apache Beam with this runner (DirectRunner, DataflowRunner, "
+                        "SparkRunner, FlinkRunner, ...), one shard per work item; default: in this process")
+    p.add_argument("--beam_pipeline_options", default=None,
+                   help="webdataset: Beam pipeline options, comma-separated key=value without dashes, e.g. "
+                        "'direct_num_workers=4,direct_running_mode=multi_processing' or 'runner=DataflowRunner,"
+                        "project=P,region=R,temp_location=gs://B/tmp,setup_file=./setup.py' (alone: a Beam build "
+                        "too, runner from the options)")
     p.add_argument("--no_verify_images", action="store_true",
                    help="skip the decode check of every image or video (faster; the pipeline still skips bad "
                         "ones)")
@@ -398,6 +471,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         kwargs = dict(clips=args.clips, frames=args.frames_per_clip, captions_per_clip=args.captions_per_clip,
                       questions_per_clip=args.questions_per_clip, image_size=args.image_size, seed=args.seed)
     cli.check_output_dir(args.data_dir, "--data_dir")
+    if (args.beam_runner or args.beam_pipeline_options) and args.source != "webdataset":
+        raise DataError(f"--source {args.source}: only --source webdataset builds on Apache Beam "
+                        f"(--beam_runner / --beam_pipeline_options)")
+    download_config = beam_download_config(args.beam_runner, args.beam_pipeline_options)
     builder = make_builder(args.source, args.data_dir, annotations=args.annotations,
                            image_root=args.image_root, name=args.name,
                            verify_images=not args.no_verify_images, questions=args.questions,
@@ -405,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            answer_list_size=args.answer_list_size, video_root=args.video_root,
                            youtube_mapping=args.youtube_mapping, answer_list_from=args.answer_list_from,
                            shards=args.shards, **kwargs)
-    report = build(builder, overwrite=args.overwrite)  # DataError etc.: one line (blip_jax.cli)
+    report = build(builder, overwrite=args.overwrite, download_config=download_config)  # DataError: one line
     print(summary(report))
     print(f"read it with tfds.data_source({report['dataset']!r}, data_dir={args.data_dir!r})")
     return 0

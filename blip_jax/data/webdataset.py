@@ -19,6 +19,10 @@ that is not a decimal number, or past int32 (the trainer's batches carry int32 i
 ~214k shards of 10^4), is a DataError; so are ids of two shards that overlap (shards of two
 img2dataset runs): prepare each run as its own dataset (the loaders offset each further dataset's
 ids).
+
+`ShardReader` reads shards one after the other; a Beam build (builders.BlipWebdataset) reads
+each shard in its own work item with `read_shard` and runs the cross-shard check on the
+collected `ShardResult`s (`check_ranges`): the same items, the same errors.
 """
 
 from __future__ import annotations
@@ -264,12 +268,62 @@ def index_count(shard_path: str) -> int | None:
         raise DataError(f"{path}: cannot read the parquet index ({type(e).__name__}: {e})") from None
 
 
+@dataclasses.dataclass
+class ShardResult:
+    """What `read_shard` found in one shard, once it has been read to the end."""
+    shard: str
+    samples: int = 0            # usable samples (Sample items) read
+    min_id: int | None = None   # their image id range (None without samples)
+    max_id: int | None = None
+    index_checked: bool = False  # compared with its parquet index
+
+
+def read_shard(shard: str, verify: bool = True, result: ShardResult | None = None) -> Iterator[Sample | Skipped]:
+    """One shard's items, checked within it: a key repeated within the shard is skipped, and its
+    sample count is compared with its parquet index where there is one (a difference, or an index
+    that does not read, ends the shard with a Skipped with key ""). Fills `result` as it goes;
+    the cross-shard id check is the caller's (`check_ranges`)."""
+    result = result if result is not None else ShardResult(shard)
+    seen: set[int] = set()
+    count, truncated = 0, False
+    for item in iter_samples(shard, verify):
+        if isinstance(item, Sample):
+            if item.image_id in seen:
+                item = Skipped(item.key, "duplicate key (an earlier sample of this shard has it)")
+            else:
+                seen.add(item.image_id)
+        count += bool(item.key)
+        truncated |= not item.key
+        yield item
+    if seen:
+        result.samples, result.min_id, result.max_id = len(seen), min(seen), max(seen)
+    try:
+        expected = index_count(shard)
+    except DataError as e:  # the index only cross-checks: its shard is still good
+        yield Skipped("", f"unreadable parquet index ({e})")
+        return
+    if expected is not None:
+        result.index_checked = True
+        if expected != count:
+            index = os.path.basename(_index_path(shard))
+            yield Skipped("", f"sample count differs from the parquet index ({expected} successful "
+                              f"rows in {index}, {count} samples read from the tar"
+                              f"{', which is truncated' if truncated else ''})")
+
+
+def check_ranges(results: Sequence[ShardResult]) -> None:
+    """The cross-shard check of shards read separately (in shard order): the DataError of
+    `ShardReader` if the image ids of two of them overlap."""
+    ranges: list[tuple[int, int, str]] = []
+    for r in results:
+        if r.samples:
+            _add_range(ranges, r.min_id, r.max_id, r.shard)
+
+
 class ShardReader:
-    """Samples of several shards, checked across them: ids of one shard must not overlap another's
-    (key ranges are disjoint within one img2dataset run), a key repeated within a shard is
-    skipped, and each shard's sample count is compared with its parquet index where there is one
-    (a difference, or an index that does not read, is reported as a Skipped with key "").
-    `index_checked` counts the shards compared."""
+    """Samples of several shards (`read_shard` each), checked across them: ids of one shard must
+    not overlap another's (key ranges are disjoint within one img2dataset run). `index_checked`
+    counts the shards compared with their parquet index."""
 
     def __init__(self, shards: Sequence[str], verify: bool = True) -> None:
         self.shards, self.verify = list(shards), verify
@@ -278,31 +332,12 @@ class ShardReader:
     def __iter__(self) -> Iterator[tuple[str, Sample | Skipped]]:
         ranges: list[tuple[int, int, str]] = []  # (min id, max id, shard) per shard read, sorted, disjoint
         for shard in self.shards:
-            seen: set[int] = set()
-            count, truncated = 0, False
-            for item in iter_samples(shard, self.verify):
-                if isinstance(item, Sample):
-                    if item.image_id in seen:
-                        item = Skipped(item.key, "duplicate key (an earlier sample of this shard has it)")
-                    else:
-                        seen.add(item.image_id)
-                count += bool(item.key)
-                truncated |= not item.key
+            result = ShardResult(shard)
+            for item in read_shard(shard, self.verify, result):
                 yield shard, item
-            if seen:
-                _add_range(ranges, min(seen), max(seen), shard)
-            try:
-                expected = index_count(shard)
-            except DataError as e:  # the index only cross-checks: its shard is still good
-                yield shard, Skipped("", f"unreadable parquet index ({e})")
-                continue
-            if expected is not None:
-                self.index_checked += 1
-                if expected != count:
-                    index = os.path.basename(_index_path(shard))
-                    yield shard, Skipped("", f"sample count differs from the parquet index ({expected} successful "
-                                             f"rows in {index}, {count} samples read from the tar"
-                                             f"{', which is truncated' if truncated else ''})")
+            if result.samples:
+                _add_range(ranges, result.min_id, result.max_id, shard)
+            self.index_checked += result.index_checked
 
 
 def _add_range(ranges: list[tuple[int, int, str]], lo: int, hi: int, shard: str) -> None:
