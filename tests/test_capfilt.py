@@ -79,7 +79,7 @@ def _config(env, **changes):
 
 
 def _results(workdir):
-    return output.load_results(workdir, N_WEB, 1, SETTINGS["records_per_shard"])
+    return output.load_results(workdir, N_WEB, SETTINGS["records_per_shard"])
 
 
 def _cli(workdir, config):
@@ -101,12 +101,12 @@ def killed(env):
     proc = subprocess.Popen(_cli(workdir, config), stdout=log, stderr=subprocess.STDOUT,
                             env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
                                      XLA_FLAGS="--xla_force_host_platform_device_count=1"))
-    plan = output.ShardPlan(N_WEB, 0, 1, SETTINGS["records_per_shard"])
+    plan = output.UnitPlan(N_WEB, SETTINGS["records_per_shard"])
     seen = {}
 
     def watch():
         deadline = time.time() + 300
-        while (len(plan.done(workdir)) < plan.num_shards // 2 and proc.poll() is None
+        while (len(plan.done(workdir)) < plan.num_units // 2 and proc.poll() is None
                and time.time() < deadline):
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
@@ -169,9 +169,9 @@ def test_scores_are_the_filters_itm_probability(env, reference):
 def _killed_shards(killed):
     workdir, _, seen, watcher = killed
     watcher.join()
-    plan = output.ShardPlan(N_WEB, 0, 1, SETTINGS["records_per_shard"])
+    plan = output.UnitPlan(N_WEB, SETTINGS["records_per_shard"])
     assert seen["done"], f"no shard written before the kill: {seen['log'][-2000:]}"
-    assert len(seen["done"]) < plan.num_shards, "the job finished before the kill: nothing resumed"
+    assert len(seen["done"]) < plan.num_units, "the job finished before the kill: nothing resumed"
     return seen["done"]
 
 
@@ -179,7 +179,7 @@ def test_one_device_gives_the_eight_device_result(reference, killed):
     """The shards the 1-device run (per-device batch 1) wrote before it was killed (half the
     records or more) hold what the 8-device run (per-device batch 2) computed for those records:
     same captions and kept flags, scores within atol 1e-6."""
-    plan = output.ShardPlan(N_WEB, 0, 1, SETTINGS["records_per_shard"])
+    plan = output.UnitPlan(N_WEB, SETTINGS["records_per_shard"])
     one = [r for k in sorted(_killed_shards(killed))
            for r in output.read_json(plan.path(killed[0], k))["records"]]
     assert len(one) >= N_WEB // 2

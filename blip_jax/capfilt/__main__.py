@@ -2,8 +2,11 @@
 
     python -m blip_jax.capfilt --config=configs/capfilt.py --workdir=DIR [--config.KEY=VALUE ...]
 
-Restarting with the same workdir resumes: finished result shards are kept, the rest computed.
-Multi-process: see blip_jax/distributed.py and launch/ (each process scans its own shard).
+Restarting with the same workdir resumes: finished units (result files of records_per_shard
+records) are kept, the rest computed. Multi-process: see blip_jax/distributed.py and launch/; the
+units left are divided among the processes of each run, so a run may resume with another
+number of processes than the one it continues. --config.output_format=webdataset (or both)
+also writes webdataset tar shards (blip_jax/capfilt/webdataset_output.py).
 """
 
 from absl import app, flags, logging

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import ml_collections
 
-# What a result depends on: a restart must use the same values (per_device_batch, workers and
-# the device count are free to change, results do not depend on them).
+# What a result depends on: a restart must use the same values (per_device_batch, workers, the
+# device count and the process count are free to change, results do not depend on them; nor do
+# output_format and webdataset_dir: rerun a finished job with another to add that output).
 RESULT_KEYS = ("data_dir", "sources", "synthetic_num_images", "synthetic_noise_rate",
                "synthetic_nondescript_rate", "synthetic_seed", "synthetic_clean_images",
                "synthetic_eval_images", "decoding", "num_beams", "captioner_checkpoint", "filter_checkpoint", "num_captions",
                "top_p", "top_k", "temperature", "repetition_penalty", "prompt", "min_length", "max_length",
                "threshold", "seed", "records_per_shard", "max_words", "max_tokens",
                "output_name", "output_data_dir")
+
+
+OUTPUT_FORMATS = ("array_record", "webdataset", "both")
 
 
 class CapFiltConfigError(ValueError):
@@ -62,13 +66,19 @@ def default_config() -> ml_collections.ConfigDict:
     # -- execution ----------------------------------------------------------------------------------
     c.per_device_batch = 16      # images per device per step
     c.seed = 0                   # sampling rng: key(seed) folded with record index and sample number
-    c.records_per_shard = 1024   # input records per result file (the unit of resumption)
+    # Input records per unit: units are consecutive records, one result file each (and one
+    # webdataset shard), the unit of work, of resumption and of the division among processes.
+    c.records_per_shard = 1024
 
     # -- output ---------------------------------------------------------------------------------------
     # The bootstrapped TFDS dataset is written as blip_capfilt/<output_name> into output_data_dir
     # ('' = data_dir, so that it can be mixed with the source's other splits for pre-training).
     c.output_name = "bootstrapped"
     c.output_data_dir = ""
+    # "array_record" (the TFDS dataset above), "webdataset" (tar shards as img2dataset writes them,
+    # one sample per kept pair: blip_jax/capfilt/webdataset_output.py) or "both".
+    c.output_format = "array_record"
+    c.webdataset_dir = ""  # where the tar shards go ('' = WORKDIR/webdataset)
     return c
 
 
@@ -103,6 +113,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                                         "must be >= 1"),
         (config.max_tokens >= 3, f"max_tokens={config.max_tokens}: must be >= 3"),
         (len(config.sources) > 0, "sources is empty: give [(dataset name, split), ...]"),
+        (config.output_format in OUTPUT_FORMATS, f"output_format={config.output_format!r}: must be "
+                                                 f"one of {', '.join(map(repr, OUTPUT_FORMATS))}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -9,8 +9,14 @@ captioner's and the filter's params replicated on every local device:
      [ENC] first: the filter reads the text a later pre-training would read.
   B (device): ITM match probability of each synthetic caption, on the filter image tokens that
      step A left on the devices.
-Sampling draws with key(seed) folded with the record index and the sample number, so captions
-depend on neither the device count, the batch size nor restarts.
+Sampling draws with key(seed) folded with the record index (the record's number in the
+concatenated sources, fixed by the sources) and the sample number, so captions depend on
+neither the device count, the batch size, the process count, which process computes a record
+nor restarts.
+
+Work: the records are divided into units of records_per_shard consecutive records (output.py),
+independent of the process count; each run divides the units without a result file among its
+processes and commits each unit's result file atomically when complete (`run`).
 """
 
 from __future__ import annotations
@@ -269,87 +275,114 @@ def _record(batch: dict[str, np.ndarray], row: int, captions, synth, web, thresh
     return out
 
 
-def process_shards(config: ml_collections.ConfigDict, workdir: str, plan: output.ShardPlan,
-                   sources: list[tuple[str, str]], data_dir: str,
-                   devices: Sequence[jax.Device], image_size: int, steps_factory) -> dict[str, float]:
-    """Computes and writes every result shard of this process not already in `workdir`.
-    Returns {"images": records computed now, "timed_images" / "seconds": those after the first
-    batch (which includes compilation) and their time}."""
+def process_units(config: ml_collections.ConfigDict, workdir: str, plan: output.UnitPlan,
+                  units: Sequence[int], sources: list[tuple[str, str]], data_dir: str,
+                  devices: Sequence[jax.Device], image_size: int, steps_factory, *,
+                  max_units: Optional[int] = None, show_progress: bool = True) -> dict[str, float]:
+    """Computes and commits the result file of each of `units` (ascending) that is not already in
+    `workdir`, in order, reading only their records; max_units: stop after committing that many.
+    Returns {"images": records committed now, "units": units committed now, "timed_images" /
+    "seconds": the images after the first batch (which includes compilation) and their time}."""
     from blip_jax.data.pipeline import scan_records  # grain is slow to import
 
-    plan.remove_partial(workdir)
-    done = plan.done(workdir)
-    missing = [k for k in range(plan.num_shards) if k not in done]
-    written = sum(plan.size(k) for k in done)  # positions in finished shards
-    progress = _Progress(plan.length, written, enabled=jax.process_index() == 0)
-    stats = {"images": 0, "timed_images": 0, "seconds": 0.0}
-    if not missing:
+    done = plan.done(workdir)  # a unit another run committed since the list was made is kept
+    units = [u for u in units if u not in done][:max_units]
+    stats = {"images": 0, "units": 0, "timed_images": 0, "seconds": 0.0}
+    if not units:
         return stats
     steps = steps_factory()
     rows = len(devices) * config.per_device_batch
+    ranges = [plan.bounds(u) for u in units]
+    length = sum(plan.size(u) for u in units)
     batches = scan_records(data_dir, sources, batch_size=rows, image_size=image_size,
                            max_words=config.max_words, max_tokens=config.max_tokens,
-                           shard_index=plan.process, shard_count=plan.count,
-                           worker_count=config.workers)
-    buffers: dict[int, list] = {k: [] for k in missing}
-    t_first = None
+                           worker_count=config.workers, ranges=ranges)
+    progress = _Progress(length, 0, enabled=show_progress)
+    current, buffer, t_first = 0, [], None  # the unit being filled (index into units), its records
 
     def consume(pos0: int, batch, result) -> None:
-        nonlocal written, t_first
+        nonlocal current, buffer, t_first
         captions, synth, web = result
-        for row in range(rows):
-            pos = pos0 + row
-            shard = pos // config.records_per_shard
-            if shard not in buffers:
-                continue  # past the end, or a shard already on disk
-            expected = plan.record_index(pos)
-            if expected is not None:
-                rec = _record(batch, row, captions, synth, web, config.threshold)
-                if rec["index"] != expected:
-                    raise RuntimeError(f"scan_records gave record {rec['index']} at position {pos} "
-                                       f"of process {plan.process}; expected {expected}")
-                buffers[shard].append(rec)
-                stats["images"] += 1
-                stats["timed_images"] += t_first is not None
-            if pos == plan.bounds(shard)[1] - 1:  # the shard's last position: it is complete
-                plan.write(workdir, shard, buffers.pop(shard))
-                written += plan.size(shard)
-                progress.update(written)
+        for row in range(min(rows, length - pos0)):  # the rest is the last batch's padding
+            rec = _record(batch, row, captions, synth, web, config.threshold)
+            expected = ranges[current][0] + len(buffer)
+            if rec["index"] != expected:
+                raise RuntimeError(f"scan_records gave record {rec['index']} where record {expected} "
+                                   f"(unit {units[current]}) was expected")
+            buffer.append(rec)
+            stats["timed_images"] += t_first is not None
+            if len(buffer) == plan.size(units[current]):  # the unit is complete: commit it
+                plan.write(workdir, units[current], buffer)
+                stats["images"] += len(buffer)
+                stats["units"] += 1
+                current, buffer = current + 1, []
+                progress.update(stats["images"])
         if t_first is None:
             t_first = time.time()  # the first batch includes compilation: not timed
 
     pending = None
     for number, batch in enumerate(_prefetch(batches)):
         pos0 = number * rows
-        if pos0 >= plan.length:
+        if pos0 >= length:
             break
-        last = min(pos0 + rows, plan.length) - 1
-        if not any(k in buffers for k in range(pos0 // config.records_per_shard,
-                                               last // config.records_per_shard + 1)):
-            continue  # every record of this batch is in a finished shard
         device_batch = {k: batch[k].reshape(len(devices), config.per_device_batch, *batch[k].shape[1:])
                         for k in ("image", "text_ids", "text_mask", "index")}
         handle = steps.dispatch(device_batch)  # async: runs while the previous batch is finished
         if pending is not None:
             consume(pending[0], pending[1], steps.finish(pending[2]))
         pending = (pos0, batch, handle)
-        if not buffers:
-            break
     if pending is not None:
         consume(pending[0], pending[1], steps.finish(pending[2]))
     progress.close()
-    if buffers:
-        raise RuntimeError(f"the input ended before shards {sorted(buffers)} of process "
-                           f"{plan.process} were complete")
+    if current < len(units):
+        raise RuntimeError(f"the input ended before units {units[current:]} were complete")
     stats["seconds"] = time.time() - t_first if t_first else 0.0
     return stats
 
 
+def shared_todo(plan: output.UnitPlan, workdir: str, process_index: int, distributed: bool) -> list[int]:
+    """The units still to do, one list on every process: process 0 deletes what killed writers
+    left and lists the result files; between real processes (jax.distributed) the others take
+    its list, so none lists after a peer has committed a unit of this run."""
+    mask = np.zeros(plan.num_units, np.uint8)  # 1: done
+    if process_index == 0 or not distributed:
+        if process_index == 0:
+            plan.remove_partial(workdir)
+        mask[sorted(plan.done(workdir))] = 1
+    if distributed:
+        from jax.experimental import multihost_utils
+        mask = np.asarray(multihost_utils.broadcast_one_to_all(mask))
+    return [u for u in range(plan.num_units) if not mask[u]]
+
+
+def _sync(distributed: bool, name: str) -> None:
+    if distributed:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *,
-        devices: Optional[Sequence[jax.Device]] = None) -> dict[str, Any]:
+        devices: Optional[Sequence[jax.Device]] = None, process_index: Optional[int] = None,
+        process_count: Optional[int] = None, todo: Optional[Sequence[int]] = None,
+        max_units: Optional[int] = None) -> dict[str, Any]:
     """Runs (or resumes) CapFilt; returns the summary (also in workdir/summary.json).
 
-    devices: the local devices to pmap over (default: all of this process's devices)."""
+    The records are divided into units of records_per_shard (output.py); the units without a
+    result file are divided among the processes (every count-th each), each unit committed when
+    complete, so a run resumes any earlier one, with any number of processes. Once every unit is
+    done: the webdataset shards (output_format "webdataset"/"both"), each process writing those of
+    its share of the units, then on process 0 the TFDS dataset ("array_record"/"both"), the
+    release-format JSONs and the summary.
+
+    devices: the local devices to pmap over (default: all of this process's devices).
+    process_index / process_count: this process's place among the job's (default: jax's). Given
+    in a single jax process, they simulate one process of a multi-process run: no barriers, and
+    the output phase runs only once no unit is left (process 0 writes any shard missing).
+    todo: the units to divide (default: those without a result file, as process 0 lists them);
+    a simulation of several processes in one passes each the same list.
+    max_units: stop after committing this many units in this process (a time-boxed run).
+    A run that ends with units left returns {"finished": False, "units", "units_done", ...}."""
+    from blip_jax.capfilt import webdataset_output as wds
     from blip_jax.capfilt.dataset import BlipCapfilt, write_dataset
     from blip_jax.data.sources import RecordSource
     from blip_jax.data.synthetic import IS_NOISE, WEB_TEXT_KINDS
@@ -358,44 +391,93 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     workdir = os.path.abspath(os.path.expanduser(workdir))
     data_dir = os.path.abspath(os.path.expanduser(config.data_dir))
     devices = list(devices or jax.local_devices())
+    index = jax.process_index() if process_index is None else int(process_index)
+    count = jax.process_count() if process_count is None else int(process_count)
+    if not 0 <= index < count:
+        raise ValueError(f"process_index {index} not in [0, process_count={count})")
+    distributed = jax.process_count() > 1  # barriers and process 0's unit list: real processes only
+    if distributed and (index, count) != (jax.process_index(), jax.process_count()):
+        raise ValueError(f"process {index} of {count} given under jax.distributed, which runs process "
+                         f"{jax.process_index()} of {jax.process_count()}")
     sources = resolve_sources(config)
-    total = len(RecordSource(data_dir, sources))  # one shard: every record
-    plan = output.ShardPlan(total, jax.process_index(), jax.process_count(), config.records_per_shard)
+    records_source = RecordSource(data_dir, sources)  # one shard: every record
+    total = len(records_source)
+    plan = output.UnitPlan(total, config.records_per_shard)
+    formats = _formats(config)
+    per_image = 1 + config.num_captions  # texts per image: the web text and the synthetic captions
+    if "webdataset" in formats:
+        wds.check_keys(total, per_image)
     models = load_models(config)  # checked before the workdir records these settings
+    output.check_layout(workdir)
     fingerprint = {k: config[k] for k in RESULT_KEYS}
-    fingerprint.update(process_count=plan.count, total_records=total)
+    fingerprint.update(total_records=total)
     output.check_job(workdir, fingerprint)
-    stats = process_shards(config, workdir, plan, sources, data_dir, devices,
-                           models.captioner.config.vision.image_size,
-                           lambda: Steps(models, config, devices))
-    if plan.count > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("blip_jax_capfilt_shards_done")
+    wds_dir = _webdataset_dir(config, workdir) if "webdataset" in formats else None
+    if wds_dir:
+        wds.check_origin(wds_dir, workdir)  # before the work: a folder of another run is an error
+    if todo is None:
+        todo = shared_todo(plan, workdir, index, distributed)
+    elif list(todo) != sorted(set(todo)) or any(not 0 <= u < plan.num_units for u in todo):
+        raise ValueError(f"todo must be ascending distinct units in [0, {plan.num_units}); got {list(todo)[:10]}")
+    stats = process_units(config, workdir, plan, output.assign(list(todo), index, count), sources,
+                          data_dir, devices, models.captioner.config.vision.image_size,
+                          lambda: Steps(models, config, devices), max_units=max_units,
+                          show_progress=index == 0)
+    _sync(distributed, "blip_jax_capfilt_units_done")
+    left = plan.todo(workdir)
+    if left:  # max_units, or one of several simulated processes: nothing is final yet
+        if index == 0:
+            print(f"capfilt: {plan.num_units - len(left)}/{plan.num_units} units done; rerun with "
+                  f"the same workdir (any number of processes) to continue", file=sys.stderr, flush=True)
+        return {"finished": False, "units": plan.num_units, "units_done": plan.num_units - len(left),
+                "images_computed_this_run": stats["images"], "units_computed_this_run": stats["units"],
+                "devices": len(devices), "processes": count}
 
-    records = output.load_results(workdir, total, plan.count, config.records_per_shard)
+    if wds_dir:
+        image = lambda i: records_source[i]["image"]  # noqa: E731
+        wds.write_shards(wds_dir, workdir, plan, output.assign(range(plan.num_units), index, count),
+                         image, per_image)
+        _sync(distributed, "blip_jax_capfilt_webdataset_done")
+        if index == 0:  # a simulated process, or one that failed, may have left some unwritten
+            wds.write_shards(wds_dir, workdir, plan, range(plan.num_units), image, per_image)
+
+    records = output.load_results(workdir, total, config.records_per_shard)
     summary = output.summarize(records, WEB_TEXT_KINDS, IS_NOISE)
     rate = stats["timed_images"] / stats["seconds"] if stats["seconds"] else None
     summary_path = os.path.join(workdir, output.SUMMARY_FILE)
     if rate is None and os.path.exists(summary_path):  # a rerun of a finished job keeps its figure
         rate = output.read_json(summary_path).get("images_per_sec")
-    summary.update(devices=len(devices), processes=plan.count,
-                   images_computed_this_run=stats["images"], images_per_sec=rate)
+    summary.update(finished=True, units=plan.num_units, devices=len(devices), processes=count,
+                   images_computed_this_run=stats["images"], units_computed_this_run=stats["units"],
+                   images_per_sec=rate)
     out_dir = os.path.abspath(os.path.expanduser(config.output_data_dir or config.data_dir))
     pairs = output.kept_pairs(records)
-    summary["dataset"] = f"{BlipCapfilt.name}/{config.output_name}" if pairs else None
+    summary["dataset"] = (f"{BlipCapfilt.name}/{config.output_name}"
+                          if pairs and "array_record" in formats else None)
     summary["dataset_dir"] = out_dir
-    if jax.process_index() == 0:
-        if pairs:
+    summary["webdataset"] = wds.describe(wds_dir, plan, pairs) if wds_dir else None
+    if index == 0:
+        if summary["dataset"]:
             written = write_dataset(data_dir=out_dir, name=config.output_name, pairs=pairs,
                                     source_data_dir=data_dir, sources=sources,
                                     origin=f"capfilt {workdir}")
             assert written == summary["dataset"], (written, summary["dataset"])
-        else:
+        elif not pairs:
             print("capfilt: the filter kept no text: no dataset written", file=sys.stderr)
+        if wds_dir:
+            wds.write_manifest(wds_dir, workdir, summary["webdataset"], per_image)
         summary["json"] = list(output.write_release_json(workdir, records))
         output.write_json_atomic(summary_path, summary)
         print(output.format_summary(summary), flush=True)
-    if plan.count > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("blip_jax_capfilt_outputs_done")
+    _sync(distributed, "blip_jax_capfilt_outputs_done")
     return summary
+
+
+def _formats(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    return {"array_record": ("array_record",), "webdataset": ("webdataset",),
+            "both": ("array_record", "webdataset")}[config.output_format]
+
+
+def _webdataset_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+    from blip_jax.capfilt.webdataset_output import DEFAULT_DIR
+    return os.path.abspath(os.path.expanduser(config.webdataset_dir or os.path.join(workdir, DEFAULT_DIR)))

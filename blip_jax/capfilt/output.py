@@ -1,11 +1,14 @@
-"""CapFilt results on disk: per-shard result files (the unit of resumption), the release-format
-JSONs and the summary.
+"""CapFilt results on disk: per-unit result files (the unit of work and of resumption), the
+release-format JSONs and the summary.
 
-Process p of n reads the strided shard p of the records (scan_records): its positions
-0, 1, ... are records p, p + n, ... of the concatenated sources. Shard k of process p holds
-positions [k * records_per_shard, (k + 1) * records_per_shard) and is one JSON file, written
-to a temporary name then renamed, so a file that exists is complete and a killed job redoes
-only the shards whose file is missing.
+The records of the concatenated sources are divided into units of `records_per_shard`
+consecutive records: unit u holds the records [u * records_per_shard, (u + 1) *
+records_per_shard), whatever the number of processes (hosts). A unit's results are one JSON file
+`results/unit-UUUUUU.json`, written to a temporary name and renamed: a file that exists is
+complete (it is the unit's done marker), and a stopped job redoes only the units whose file is
+missing. Each run lists the units without a file and divides them among its processes (see
+`assign`), so a run may resume one with another number of processes: no unit is computed twice
+into the results, none is lost.
 
 One result per input record: {"index", "image_id", "image_path", "noise" (ground-truth label,
 -1 where unknown), "valid" (False: unreadable image or empty caption, nothing kept),
@@ -43,61 +46,102 @@ def read_json(path: str) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class ShardPlan:
-    """Which records process `process` of `count` handles and how they group into shards."""
+class UnitPlan:
+    """How the records group into units and where each unit's result file is."""
 
-    total: int       # records in all sources together
-    process: int
-    count: int
-    per_shard: int
+    total: int     # records in all sources together
+    per_unit: int  # records_per_shard
 
     @property
-    def length(self) -> int:
-        """Positions in this process's stream (scan_records pads every process to this)."""
-        return -(-self.total // self.count)
+    def num_units(self) -> int:
+        return -(-self.total // self.per_unit)
 
-    @property
-    def num_shards(self) -> int:
-        return -(-self.length // self.per_shard)
+    def bounds(self, unit: int) -> tuple[int, int]:
+        """The unit's record numbers [start, stop)."""
+        start = unit * self.per_unit
+        return start, min(start + self.per_unit, self.total)
 
-    def bounds(self, shard: int) -> tuple[int, int]:
-        start = shard * self.per_shard
-        return start, min(start + self.per_shard, self.length)
-
-    def size(self, shard: int) -> int:
-        start, end = self.bounds(shard)
+    def size(self, unit: int) -> int:
+        start, end = self.bounds(unit)
         return end - start
 
-    def record_index(self, position: int) -> int | None:
-        """Record number at `position` of this stream; None for the padding past the end."""
-        g = self.process + position * self.count
-        return g if position < self.length and g < self.total else None
-
     def directory(self, workdir: str) -> str:
-        return os.path.join(workdir, RESULTS_DIR, f"process{self.process:05d}-of-{self.count:05d}")
+        return os.path.join(workdir, RESULTS_DIR)
 
-    def path(self, workdir: str, shard: int) -> str:
-        return os.path.join(self.directory(workdir), f"shard-{shard:06d}.json")
+    def path(self, workdir: str, unit: int) -> str:
+        return os.path.join(self.directory(workdir), f"unit-{unit:06d}.json")
+
+    def legacy_path(self, workdir: str, unit: int) -> str:
+        """Where a single-process run of the earlier per-process layout wrote this unit (its shard
+        k held the records of unit k): read as done, never written."""
+        return os.path.join(self.directory(workdir), _LEGACY_DIR, f"shard-{unit:06d}.json")
 
     def remove_partial(self, workdir: str) -> None:
-        """Deletes temporary files a killed writer left behind (never a finished shard)."""
+        """Deletes temporary files a killed writer left behind (never a finished unit). Only
+        while no process writes (process 0, before the units are divided)."""
         folder = self.directory(workdir)
         for name in os.listdir(folder) if os.path.isdir(folder) else []:
             if ".json.tmp" in name:
                 os.remove(os.path.join(folder, name))
 
     def done(self, workdir: str) -> set[int]:
-        return {k for k in range(self.num_shards) if os.path.exists(self.path(workdir, k))}
+        """Units whose result file exists (one listing of the folder, not a stat per unit)."""
+        names = set(os.listdir(self.directory(workdir))) if os.path.isdir(self.directory(workdir)) else set()
+        done = {u for u in range(self.num_units) if f"unit-{u:06d}.json" in names}
+        if _LEGACY_DIR in names:
+            legacy = set(os.listdir(os.path.join(self.directory(workdir), _LEGACY_DIR)))
+            done |= {u for u in range(self.num_units) if f"shard-{u:06d}.json" in legacy}
+        return done
 
-    def write(self, workdir: str, shard: int, records: Sequence[Mapping[str, Any]]) -> None:
+    def todo(self, workdir: str) -> list[int]:
+        """Units without a result file, ascending."""
+        done = self.done(workdir)
+        return [u for u in range(self.num_units) if u not in done]
+
+    def read(self, workdir: str, unit: int) -> list[dict[str, Any]]:
+        path = self.path(workdir, unit)
+        if not os.path.exists(path) and os.path.exists(self.legacy_path(workdir, unit)):
+            path = self.legacy_path(workdir, unit)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"CapFilt result {path} is missing: the job is not finished "
+                                    f"(rerun it with the same workdir to complete it)")
+        return read_json(path)["records"]
+
+    def write(self, workdir: str, unit: int, records: Sequence[Mapping[str, Any]]) -> None:
+        start, end = self.bounds(unit)
+        if [r["index"] for r in records] != list(range(start, end)):
+            raise RuntimeError(f"unit {unit} is records {start}..{end - 1}; got "
+                               f"{[r['index'] for r in records][:8]}...")
         os.makedirs(self.directory(workdir), exist_ok=True)
-        write_json_atomic(self.path(workdir, shard), {"process": self.process, "count": self.count,
-                                                      "shard": shard, "records": list(records)})
+        write_json_atomic(self.path(workdir, unit), {"unit": unit, "records": list(records)})
+
+
+_LEGACY_DIR = "process00000-of-00001"
+
+
+def assign(todo: Sequence[int], process: int, count: int) -> list[int]:
+    """The units process `process` of `count` computes: every count-th of the units still to do
+    (one list for all processes: process 0's, see job.run), so a resumed run spreads the rest
+    evenly whatever the process count of the runs before it."""
+    return list(todo[process::count])
+
+
+def check_layout(workdir: str) -> None:
+    """A workdir of the earlier per-process layout written by several processes cannot resume:
+    its shards were strided over the records, not units."""
+    folder = os.path.join(workdir, RESULTS_DIR)
+    other = sorted(n for n in (os.listdir(folder) if os.path.isdir(folder) else [])
+                   if n.startswith("process") and n != _LEGACY_DIR)
+    if other:
+        raise ValueError(f"{workdir} holds CapFilt results of an earlier multi-process layout "
+                         f"({', '.join(other[:3])}): finish it with that version of blip_jax or use a "
+                         f"new workdir")
 
 
 def check_job(workdir: str, fingerprint: Mapping[str, Any]) -> None:
     """Records what the results in `workdir` depend on; a restart with other settings is an error
-    (it would mix results of two configurations)."""
+    (it would mix results of two configurations). The process count is not one of them (a job
+    file of the earlier single-process layout names it: 1 is accepted)."""
     path = os.path.join(workdir, JOB_FILE)
     fingerprint = json.loads(json.dumps(fingerprint))  # tuples -> lists, as read back
     if not os.path.exists(path):
@@ -105,6 +149,8 @@ def check_job(workdir: str, fingerprint: Mapping[str, Any]) -> None:
         write_json_atomic(path, fingerprint)  # every process writes the same content
         return
     previous = read_json(path)
+    if previous.get("process_count") == 1:
+        previous.pop("process_count")
     changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
     if changed:
         detail = "; ".join(f"{k}: {previous.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed)
@@ -112,17 +158,10 @@ def check_job(workdir: str, fingerprint: Mapping[str, Any]) -> None:
                          f"the same settings, or use a new workdir.")
 
 
-def load_results(workdir: str, total: int, count: int, per_shard: int) -> list[dict[str, Any]]:
-    """Every process's results, sorted by record index; checks each record appears exactly once."""
-    records: list[dict[str, Any]] = []
-    for p in range(count):
-        plan = ShardPlan(total, p, count, per_shard)
-        for k in range(plan.num_shards):
-            path = plan.path(workdir, k)
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"CapFilt result {path} is missing: the job is not finished "
-                                        f"(rerun it with the same workdir to complete it)")
-            records += read_json(path)["records"]
+def load_results(workdir: str, total: int, per_unit: int) -> list[dict[str, Any]]:
+    """Every unit's results, sorted by record index; checks each record appears exactly once."""
+    plan = UnitPlan(total, per_unit)
+    records = [r for u in range(plan.num_units) for r in plan.read(workdir, u)]
     records.sort(key=lambda r: r["index"])
     indexes = [r["index"] for r in records]
     if indexes != list(range(total)):
@@ -223,6 +262,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     if summary.get("dataset"):
         lines.append(f"  dataset: {summary['dataset']} ({summary['pairs_kept']} pairs) in "
                      f"{summary['dataset_dir']}")
+    w = summary.get("webdataset")
+    if w:
+        lines.append(f"  webdataset: {len(w['shards'])} tar shard(s), {w['samples']} samples in {w['dir']}")
     if summary.get("json"):
         lines.append(f"  release-format JSON: {', '.join(summary['json'])}")
     return "\n".join(lines)

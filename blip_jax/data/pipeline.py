@@ -19,6 +19,7 @@ is a DataError.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
@@ -284,18 +285,48 @@ def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     return out
 
 
+class _RecordRanges:
+    """grain data source: the records [start, stop) of an unsharded RecordSource for each range,
+    ranges one after the other (CapFilt's work units)."""
+
+    def __init__(self, source: RecordSource, ranges: Sequence[tuple[int, int]]) -> None:
+        self.source = source
+        self.ranges = [(int(a), int(b)) for a, b in ranges]
+        if any(not 0 <= a <= b <= source._total for a, b in self.ranges):
+            raise ValueError(f"record ranges {self.ranges} outside [0, {source._total}]")
+        self._starts = np.cumsum([0, *(b - a for a, b in self.ranges)]).tolist()
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __repr__(self) -> str:
+        return f"_RecordRanges({self.source!r}, {self.ranges})"
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        k = bisect.bisect_right(self._starts, int(index)) - 1
+        return self.source[self.ranges[k][0] + int(index) - self._starts[k]]
+
+
 def scan_records(data_dir: str, dataset_name: str | Sequence[Source], split: str | None = None, *,
                  batch_size: int, image_size: int, max_words: int = 30, max_tokens: int = 30,
-                 shard_index: int = 0, shard_count: int = 1, worker_count: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                 shard_index: int = 0, shard_count: int = 1, worker_count: int = 0,
+                 ranges: Sequence[tuple[int, int]] | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Every record once, in order, with the evaluation transform: what CapFilt scores and
     captions. Fixed-shape batches; every process gets the same number of them (shards and the
     last batch are padded). Per batch: image, text_ids, text_mask (first caption), caption (str),
     image_id, image_path (str), index (record number in the concatenated sources), noise (the
     synthetic label, -1 elsewhere; for scoring only), valid (False: padding, unreadable image or
-    empty caption)."""
+    empty caption). ranges: read only the record numbers [start, stop) of each range, in the
+    given order, instead of the strided shard shard_index / shard_count (only the last batch is
+    padded)."""
     _absl_flags_ready()
-    source = RecordSource(data_dir, normalize_sources(dataset_name, split), shard_index=shard_index,
-                          shard_count=shard_count, drop_remainder=False)
+    if ranges is not None:
+        source = _RecordRanges(RecordSource(data_dir, normalize_sources(dataset_name, split)), ranges)
+        if not len(source):
+            return
+    else:
+        source = RecordSource(data_dir, normalize_sources(dataset_name, split), shard_index=shard_index,
+                              shard_count=shard_count, drop_remainder=False)
     sampler = grain.samplers.IndexSampler(len(source), shuffle=False, num_epochs=1,
                                           shard_options=grain.sharding.NoSharding())
     loader = grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,

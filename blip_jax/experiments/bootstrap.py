@@ -169,8 +169,7 @@ def capfilt_records(workdir: str) -> list[dict]:
     from blip_jax.capfilt import output
 
     job = output.read_json(os.path.join(workdir, output.JOB_FILE))
-    return output.load_results(workdir, job["total_records"], job["process_count"],
-                               job["records_per_shard"])
+    return output.load_results(workdir, job["total_records"], job["records_per_shard"])
 
 
 def web_sources(workdir: str, seed: int, condition: str) -> list[tuple[str, str]]:
@@ -490,8 +489,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
-
     from blip_jax import cli
 
     _define_flags()
