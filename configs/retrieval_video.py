@@ -32,5 +32,5 @@ def get_config():
     c.data.frame_sampling = "uniform"
     c.eval.max_images = 0  # every video
     c.eval.batch_size = 16  # videos (8 frames each) per device per feature step; ITM rows per re-rank step
-    c.eval.video_texts_per_group = 16
+    c.eval.texts_per_group = 16
     return c

@@ -69,18 +69,23 @@ def _original_metrics(s_i2t, s_t2i, txt2img, img2txt):
     return out
 
 
-def test_scores_match_numpy_protocol(setup):
+@pytest.mark.parametrize("texts_per_group", [1, 16])
+def test_scores_match_numpy_protocol(setup, texts_per_group):
+    """Pair by pair (1, the original's cost) and with each image's keys/values shared by its
+    shortlisted texts (16: groups as wide as the most texts any image has)."""
     model, params, (images, ids, mask, t2i_gt, i2t_gt) = setup
     mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])  # both calls reuse one compilation
     got_i2t, got_t2i = retrieval.retrieval_scores(model, params, images, ids, mask, k_test=K,
-                                                  batch_size=5, mesh=mesh)
+                                                  batch_size=5, texts_per_group=texts_per_group,
+                                                  mesh=mesh)
     want_i2t, want_t2i = _numpy_protocol(model, params, images, ids, mask, K)
     assert got_i2t.dtype == np.float32 and got_i2t.shape == (N_IMG, N_IMG * CAPS)
     np.testing.assert_allclose(got_i2t, want_i2t, **TOL)
     np.testing.assert_allclose(got_t2i, want_t2i, **TOL)
     assert np.sum(got_i2t > -100, axis=1).tolist() == [K] * N_IMG
     metrics = retrieval.evaluate_retrieval(model, params, images, ids, mask, t2i_gt, i2t_gt,
-                                           k_test=K, batch_size=5, mesh=mesh)
+                                           k_test=K, batch_size=5,
+                                           texts_per_group=texts_per_group, mesh=mesh)
     want = _original_metrics(want_i2t, want_t2i, t2i_gt, i2t_gt)
     for key, value in want.items():
         assert metrics[key] == pytest.approx(value, abs=1e-9), key
@@ -164,7 +169,7 @@ def _worker(out_path: str) -> None:
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path, setup):
-    """2 processes x 4 fake devices (loopback): each re-ranks half of the queries and both
+    """2 processes x 4 fake devices (loopback): each re-ranks half of the pair groups and both
     return the full matrices, equal to one process. ~25 s."""
     model, params, (images, ids, mask, _, _) = setup
     want = retrieval.retrieval_scores(model, params, images, ids, mask, k_test=K, batch_size=3)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from blip_jax import parallel
-from blip_jax.evaluation import video_retrieval
+from blip_jax.evaluation import retrieval, video_retrieval
 from blip_jax.image import normalize
 from blip_jax.models import Blip
 from tests.retrieval_reference import CONFIG, all_pairs_match, random_params, two_stage_scores
@@ -108,19 +108,19 @@ def test_group_pairs_covers_each_pair_once():
     n_vid, n_txt, k = 7, 11, 4
     v2t = np.stack([rng.permutation(n_txt)[:k] for _ in range(n_vid)])
     t2v = np.stack([rng.permutation(n_vid)[:k] for _ in range(n_txt)])
-    groups = video_retrieval.group_pairs(v2t, t2v, n_vid, n_txt, texts_per_group=3)
-    got = sorted((int(v), int(t)) for v, ts, ok in zip(groups.video, groups.texts, groups.valid)
+    groups = retrieval.group_pairs(v2t, t2v, n_vid, n_txt, texts_per_group=3)
+    got = sorted((int(v), int(t)) for v, ts, ok in zip(groups.visual, groups.texts, groups.valid)
                  for t, o in zip(ts, ok) if o)
     want = sorted({(v, int(t)) for v in range(n_vid) for t in v2t[v]}
                   | {(int(v), t) for t in range(n_txt) for v in t2v[t]})
     assert got == want  # every pair of either shortlist, once
-    assert np.all(np.diff(groups.video) >= 0) and groups.valid[:, 0].all()
+    assert np.all(np.diff(groups.visual) >= 0) and groups.valid[:, 0].all()
     assert groups.texts.shape[1] == 3
     # Groups are never wider than the most texts a video has (no padded work).
-    wide = video_retrieval.group_pairs(v2t, t2v, n_vid, n_txt, texts_per_group=100)
-    assert wide.texts.shape[1] == wide.valid.sum(1).max() and len(wide.video) == n_vid
+    wide = retrieval.group_pairs(v2t, t2v, n_vid, n_txt, texts_per_group=100)
+    assert wide.texts.shape[1] == wide.valid.sum(1).max() and len(wide.visual) == n_vid
     # Each group slot found by the lookup is the pair it names.
-    flat_v = np.repeat(groups.video, groups.texts.shape[1])
+    flat_v = np.repeat(groups.visual, groups.texts.shape[1])
     flat_t = groups.texts.ravel()
     keys = flat_v[groups.pair_slot].astype(np.int64) * n_txt + flat_t[groups.pair_slot]
     np.testing.assert_array_equal(keys, groups.pair_keys)

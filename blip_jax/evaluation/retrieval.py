@@ -4,6 +4,15 @@
 over a device mesh and over processes. `zero_shot_itc_recall`: the fast ITC-only check used during
 training. Recall@K: text->image counts the text's own image, image->text counts the best of the
 image's reference texts.
+
+The re-rank is where the time goes: at 384 px an image is 577 tokens, and projecting them to the
+cross-attention keys/values (2 x 577 x 768^2 multiply-adds per layer) costs several times the
+text side of a pair. The original recomputes them for every (image, text) pair. Here the pairs of
+both directions are grouped by image: each image's distinct shortlisted texts (its own top k, plus
+every text whose top k holds it; a pair in both lists is scored once) are cut into groups of
+`texts_per_group`, and one group is one row of the encoder's image batch, so its keys/values are
+computed once for the group's texts (models/bert.py `_grouped_attention`). The scores are the
+same up to float rounding; texts_per_group=1 is the original's per-pair cost.
 """
 
 from __future__ import annotations
@@ -205,7 +214,9 @@ def _programs(model: Blip, mesh: Mesh, num_frames: int = 0):
                            method=lambda m, i, k: m.text_embed(m.text_features(i, k)))
 
     def itm_step(params, image_tokens, image_index, ids, mask):
-        # Gathering rows of the replicated tokens by a batch-sharded index keeps the pairs sharded.
+        # [u] groups -> tokens [u, N, Dv]; the u * G text rows attend to their group's row (the
+        # encoder's grouped cross-attention). Gathering rows of the replicated tokens by a
+        # batch-sharded index keeps the groups sharded.
         tokens = jax.lax.with_sharding_constraint(image_tokens[image_index], rows(3))
         logits = model.apply({"params": params}, ids, mask, tokens, method=Blip.itm_logits)
         return logits[:, 1]
@@ -281,30 +292,56 @@ def visual_text_features(model: Blip, params, images: np.ndarray, text_ids: np.n
     return Features(buf, image_embeds.astype(np.float32), text_embeds.astype(np.float32))
 
 
-def _itm_match(model: Blip, params, image_tokens: jax.Array, image_index: np.ndarray,
-               text_index: np.ndarray, enc_ids: np.ndarray, text_mask: np.ndarray,
-               pairs_per_process: Sequence[int], batch_size: int, mesh: Mesh) -> np.ndarray:
-    """ITM match logits (itm_head[:, 1]) of this process's (image, text) pairs, float32 [P].
+class PairGroups(NamedTuple):
+    """The distinct (visual, text) pairs to re-rank, grouped by image or video.
 
-    Every process runs the same number of fixed-size chunks (the longest share decides); short
-    shares are padded with pair (0, 0), whose results are dropped."""
-    itm = _programs(model, mesh)["itm"]
-    local = batch_size * parallel.batch_shards(mesh) // jax.process_count()
-    steps = -(-max(pairs_per_process) // local)
-    spec = P(parallel.BATCH_AXES)
-    results = []
-    for s in range(steps):  # dispatched asynchronously; read back after the loop
-        sl = slice(s * local, (s + 1) * local)
-        img, txt = image_index[sl], text_index[sl]
-        pad = local - len(img)
-        img = np.concatenate([img, np.zeros(pad, np.int32)])
-        txt = np.concatenate([txt, np.zeros(pad, np.int32)])
-        batch = parallel.global_batch({"img": img, "ids": enc_ids[txt], "mask": text_mask[txt]},
-                                      mesh)
-        results.append(itm(params, image_tokens, batch["img"], batch["ids"], batch["mask"]))
-    out = [np.asarray(multihost_utils.global_array_to_host_local_array(r, mesh, spec))
-           for r in results]
-    return (np.concatenate(out) if out else np.zeros(0, np.float32))[:len(image_index)]
+    visual [U] int32: each group's image/video; texts [U, G] int32: its texts (padding slots
+    repeat the group's first text); valid [U, G] bool; pair_keys [P] int64: visual * num_texts +
+    text of every distinct pair, sorted; pair_slot [P] int64: where pair p sits in the flattened
+    [U * G] groups.
+    """
+
+    visual: np.ndarray
+    texts: np.ndarray
+    valid: np.ndarray
+    pair_keys: np.ndarray
+    pair_slot: np.ndarray
+
+
+def group_pairs(v2t_idx: np.ndarray, t2v_idx: np.ndarray, num_visuals: int, num_texts: int,
+                texts_per_group: int) -> PairGroups:
+    """Groups the union of both shortlists by image (or video), texts_per_group per group (fewer
+    when no image has that many). v2t_idx [V, k_t]: each image's top texts; t2v_idx [T, k_v]:
+    each text's top images."""
+    if texts_per_group < 1:
+        raise ValueError(f"texts_per_group must be >= 1, got {texts_per_group}")
+    visuals = np.concatenate([np.repeat(np.arange(num_visuals), v2t_idx.shape[1]),
+                              t2v_idx.ravel()])
+    texts = np.concatenate([v2t_idx.ravel(), np.repeat(np.arange(num_texts), t2v_idx.shape[1])])
+    keys = np.unique(visuals.astype(np.int64) * num_texts + texts)
+    pv, pt = keys // num_texts, keys % num_texts
+    counts = np.bincount(pv, minlength=num_visuals)
+    g = min(texts_per_group, int(counts.max()))  # no group wider than the most any image needs
+    groups = -(-counts // g)
+    first_group = np.cumsum(groups) - groups
+    first_pair = np.cumsum(counts) - counts
+    pos = np.arange(len(keys)) - first_pair[pv]
+    unit, slot = first_group[pv] + pos // g, pos % g
+    num_units = int(groups.sum())
+    out_texts = np.zeros((num_units, g), np.int32)
+    valid = np.zeros((num_units, g), bool)
+    out_texts[unit, slot] = pt
+    valid[unit, slot] = True
+    out_texts = np.where(valid, out_texts, out_texts[:, :1])
+    return PairGroups(np.repeat(np.arange(num_visuals, dtype=np.int32), groups), out_texts, valid,
+                      keys, unit.astype(np.int64) * g + slot)
+
+
+def _lookup(groups: PairGroups, match: np.ndarray, visuals: np.ndarray, texts: np.ndarray,
+            num_texts: int) -> np.ndarray:
+    """ITM match logits of the pairs (visuals[i], texts[i]) (all among the grouped pairs)."""
+    keys = visuals.astype(np.int64) * num_texts + texts
+    return match[groups.pair_slot[np.searchsorted(groups.pair_keys, keys)]]
 
 
 def _gather_rows(local: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
@@ -314,6 +351,35 @@ def _gather_rows(local: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
     padded = _padded(local, max(sizes))
     every = np.asarray(multihost_utils.process_allgather(padded))  # [processes, max, ...]
     return np.concatenate([every[p, :n] for p, n in enumerate(sizes)])
+
+
+def _group_match(model: Blip, params, visual_tokens: jax.Array, groups: PairGroups,
+                 enc_ids: np.ndarray, text_mask: np.ndarray, groups_per_shard: int,
+                 mesh: Mesh) -> np.ndarray:
+    """ITM match logits of every group slot, float32 [U * G], identical on every process (each
+    runs a contiguous share of the groups in fixed-size steps, the longest share deciding their
+    number; the shares are gathered)."""
+    itm = _programs(model, mesh)["itm"]
+    g = groups.texts.shape[1]
+    count, pid = jax.process_count(), jax.process_index()
+    local = groups_per_shard * parallel.batch_shards(mesh) // count
+    shares = [_process_slice(len(groups.visual), p, count) for p in range(count)]
+    lo, hi = shares[pid]
+    steps = -(-max(b - a for a, b in shares) // local)
+    spec = P(parallel.BATCH_AXES)
+    results = []
+    for s in range(steps):  # dispatched asynchronously; read back after the loop
+        sl = slice(lo + s * local, min(hi, lo + (s + 1) * local))
+        visual = _padded(groups.visual[sl], local)
+        texts = _padded(groups.texts[sl], local).ravel()
+        batch = parallel.global_batch({"visual": visual, "ids": enc_ids[texts],
+                                       "mask": text_mask[texts]}, mesh)
+        results.append(itm(params, visual_tokens, batch["visual"], batch["ids"], batch["mask"]))
+    out = [np.asarray(multihost_utils.global_array_to_host_local_array(r, mesh, spec))
+           for r in results]
+    mine = (np.concatenate(out) if out else np.zeros(0, np.float32))[:(hi - lo) * g]
+    every = _gather_rows(mine.reshape(hi - lo, g), [b - a for a, b in shares])
+    return every.reshape(-1).astype(np.float32)
 
 
 class _Clock:
@@ -331,28 +397,32 @@ class _Clock:
 
 def retrieval_scores(model: Blip, params, images: np.ndarray, text_ids: np.ndarray,
                      text_mask: np.ndarray, *, k_test: int, batch_size: int = 64,
-                     mesh: Optional[Mesh] = None,
-                     timings: Optional[dict[str, float]] = None) -> tuple[np.ndarray, np.ndarray]:
+                     texts_per_group: int = 16, mesh: Optional[Mesh] = None,
+                     timings: Optional[dict[str, float]] = None,
+                     features: Optional[Features] = None) -> tuple[np.ndarray, np.ndarray]:
     """BLIP's two-stage retrieval scores.
 
     images: float32 normalised [N_img, H, W, 3] (uint8 pixels are accepted and normalised chunk by
-    chunk); text_ids/text_mask: int [N_txt, L], [CLS]-first as tokenized (the ITM pass swaps in
-    [ENC]). k_test: candidates re-ranked per query (COCO 256, Flickr 128), capped at the number of
-    candidates. batch_size: images, texts or ITM pairs per data shard of the mesh per step.
-    mesh: default one `data` axis over all devices; every process must pass the same inputs.
+    chunk), or videos [N_img, F, H, W, 3] (`evaluation/video_retrieval.py`); text_ids/text_mask:
+    int [N_txt, L], [CLS]-first as tokenized (the ITM pass swaps in [ENC]). k_test: candidates
+    re-ranked per query (COCO 256, Flickr 128), capped at the number of candidates. batch_size:
+    images or texts per data shard of the mesh per feature step, and ITM (image, text) rows per
+    data shard per re-rank step. texts_per_group: texts sharing one image's cross-attention
+    keys/values in the re-rank (1: recomputed for every pair, as the original; see the module
+    doc). mesh: default one `data` axis over all devices; every process must pass the same inputs.
 
     Returns (scores_i2t [N_img, N_txt], scores_t2i [N_txt, N_img]) float32 NumPy, identical on every
     process: ITM match logit + cosine similarity for each query's top-k candidates, -100 elsewhere.
     Device memory: every device holds all image tokens (N_img x tokens x vision width).
     timings: if given, receives wall seconds of each stage: itc_features, similarity (top-k),
-    itm_rerank, gather.
+    itm_rerank, gather. features: `visual_text_features` of these inputs on this mesh, computed
+    earlier (a benchmark comparing re-rank settings computes them once); None computes them.
     """
     clock = _Clock(timings)
     if k_test < 1:
         raise ValueError(f"k_test must be >= 1, got {k_test}")
     mesh = mesh if mesh is not None else parallel.make_mesh({"data": -1})
-    local_chunk = batch_size * parallel.batch_shards(mesh)
-    if local_chunk % jax.process_count():
+    if batch_size * parallel.batch_shards(mesh) % jax.process_count():
         raise ValueError(f"batch_size {batch_size} x {parallel.batch_shards(mesh)} data shards is "
                          f"not divisible by the {jax.process_count()} processes; change batch_size")
     images = np.asarray(images)
@@ -362,40 +432,32 @@ def retrieval_scores(model: Blip, params, images: np.ndarray, text_ids: np.ndarr
         raise ValueError(f"need images and texts: got {n_img} images, {n_txt} text_ids and "
                          f"{len(text_mask)} text_mask rows")
     params = replicate_params(params, mesh)
-    feats = visual_text_features(model, params, images, text_ids, text_mask, batch_size, mesh)
+    feats = features or visual_text_features(model, params, images, text_ids, text_mask,
+                                             batch_size, mesh)
     clock("itc_features")
     k_txt, k_img = min(k_test, n_txt), min(k_test, n_img)
-
-    # This process's queries: a slice of the images (i2t) and of the texts (t2i).
-    pid, count = jax.process_index(), jax.process_count()
-    img_slices = [_process_slice(n_img, p, count) for p in range(count)]
-    txt_slices = [_process_slice(n_txt, p, count) for p in range(count)]
-    (i0, i1), (t0, t1) = img_slices[pid], txt_slices[pid]
-    sim_i2t, idx_i2t = _shortlist(feats.image_embeds[i0:i1], feats.text_embeds, k_txt)
-    sim_t2i, idx_t2i = _shortlist(feats.text_embeds[t0:t1], feats.image_embeds, k_img)
+    # Every process shortlists every query (a matmul and top-k, cheap next to the re-rank), so
+    # each knows all the pairs and the groups can be split evenly over processes.
+    sim_i2t, idx_i2t = _shortlist(feats.image_embeds, feats.text_embeds, k_txt)
+    sim_t2i, idx_t2i = _shortlist(feats.text_embeds, feats.image_embeds, k_img)
     clock("similarity")
 
     enc_ids = text_ids.copy()
     enc_ids[:, 0] = tok.ENC_ID  # the image-grounded encoder starts with [ENC]
-    image_index = np.concatenate([np.repeat(np.arange(i0, i1, dtype=np.int32), k_txt),
-                                  idx_t2i.ravel()])
-    text_index = np.concatenate([idx_i2t.ravel(),
-                                 np.repeat(np.arange(t0, t1, dtype=np.int32), k_img)])
-    pairs = [(b - a) * k_txt + (d - c) * k_img for (a, b), (c, d) in zip(img_slices, txt_slices)]
-    match = _itm_match(model, params, feats.image_tokens, image_index, text_index, enc_ids,
-                       text_mask, pairs, batch_size, mesh)
-    n_i2t = (i1 - i0) * k_txt
-    match_i2t = match[:n_i2t].reshape(i1 - i0, k_txt)
-    match_t2i = match[n_i2t:].reshape(t1 - t0, k_img)
+    groups = group_pairs(idx_i2t, idx_t2i, n_img, n_txt, texts_per_group)
+    group_size = groups.texts.shape[1]
+    per_shard = max(1, batch_size // group_size)
+    if per_shard * parallel.batch_shards(mesh) % jax.process_count():
+        raise ValueError(f"{per_shard} groups x {parallel.batch_shards(mesh)} data shards is not "
+                         f"divisible by the {jax.process_count()} processes; change batch_size or "
+                         f"texts_per_group")
+    match = _group_match(model, params, feats.image_tokens, groups, enc_ids, text_mask,
+                         per_shard, mesh)
     clock("itm_rerank")
-
-    # Gather the sparse top-k results, then every process builds the dense matrices.
-    img_sizes = [b - a for a, b in img_slices]
-    txt_sizes = [b - a for a, b in txt_slices]
-    scores_i2t = combine_scores(n_txt, _gather_rows(idx_i2t, img_sizes),
-                                _gather_rows(sim_i2t, img_sizes), _gather_rows(match_i2t, img_sizes))
-    scores_t2i = combine_scores(n_img, _gather_rows(idx_t2i, txt_sizes),
-                                _gather_rows(sim_t2i, txt_sizes), _gather_rows(match_t2i, txt_sizes))
+    i2t_match = _lookup(groups, match, np.repeat(np.arange(n_img), k_txt), idx_i2t.ravel(), n_txt)
+    t2i_match = _lookup(groups, match, idx_t2i.ravel(), np.repeat(np.arange(n_txt), k_img), n_txt)
+    scores_i2t = combine_scores(n_txt, idx_i2t, sim_i2t, i2t_match.reshape(n_img, k_txt))
+    scores_t2i = combine_scores(n_img, idx_t2i, sim_t2i, t2i_match.reshape(n_txt, k_img))
     clock("gather")
     return scores_i2t, scores_t2i
 
@@ -403,9 +465,11 @@ def retrieval_scores(model: Blip, params, images: np.ndarray, text_ids: np.ndarr
 def evaluate_retrieval(model: Blip, params, images: np.ndarray, text_ids: np.ndarray,
                        text_mask: np.ndarray, text_to_image: np.ndarray,
                        image_to_texts: Sequence[Sequence[int]], *, k_test: int,
-                       batch_size: int = 64, mesh: Optional[Mesh] = None) -> dict[str, float]:
+                       batch_size: int = 64, texts_per_group: int = 16,
+                       mesh: Optional[Mesh] = None) -> dict[str, float]:
     """The paper's retrieval evaluation: `retrieval_scores` then `retrieval_metrics`
     (txt_r1/5/10, img_r1/5/10, txt_r_mean, img_r_mean, r_mean in percent)."""
     scores_i2t, scores_t2i = retrieval_scores(model, params, images, text_ids, text_mask,
-                                              k_test=k_test, batch_size=batch_size, mesh=mesh)
+                                              k_test=k_test, batch_size=batch_size,
+                                              texts_per_group=texts_per_group, mesh=mesh)
     return retrieval_metrics(scores_i2t, scores_t2i, text_to_image, image_to_texts)

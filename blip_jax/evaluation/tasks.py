@@ -124,7 +124,7 @@ def evaluate(config: ml_collections.ConfigDict, model: Blip, params: Any,
         return video_retrieval.evaluate_video_retrieval(
             model, params, data.videos, data.text_ids, data.text_mask, data.text_to_video,
             data.video_to_texts, k_test=config.eval.k_test, batch_size=config.eval.batch_size,
-            texts_per_group=config.eval.video_texts_per_group, mesh=mesh,
+            texts_per_group=config.eval.texts_per_group, mesh=mesh,
             text_groups={"late_only": np.asarray(data.late_only) == "yes",
                          "not_late_only": np.asarray(data.late_only) == "no"})
     return evaluate_retrieval(config, model, params, data, mesh=mesh)
@@ -140,7 +140,8 @@ def evaluate_retrieval(config: ml_collections.ConfigDict, model: Blip, params: A
     return retrieval.evaluate_retrieval(model, params, images, data.text_ids, data.text_mask,
                                         data.text_to_image, data.image_to_texts,
                                         k_test=config.eval.k_test,
-                                        batch_size=config.eval.batch_size, mesh=mesh)
+                                        batch_size=config.eval.batch_size,
+                                        texts_per_group=config.eval.texts_per_group, mesh=mesh)
 
 
 def decode_options(config: ml_collections.ConfigDict) -> dict:

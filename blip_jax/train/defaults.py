@@ -142,9 +142,9 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
     c.eval.batch_size = 64
     c.eval.itm_rerank = False  # retrieval: False = ITC cosine only; True = the paper's protocol
     c.eval.k_test = 256  # ITM re-ranks each query's top k (paper: COCO 256, Flickr 128)
-    # video_retrieval: texts sharing one video's cross-attention keys/values in the re-rank
-    # (1 = recomputed for every pair, as the original; evaluation/video_retrieval.py)
-    c.eval.video_texts_per_group = 16
+    # retrieval re-rank (images and videos): texts sharing one image's cross-attention
+    # keys/values (1 = recomputed for every pair, as the original; evaluation/retrieval.py)
+    c.eval.texts_per_group = 16
     c.eval.num_beams = 3  # captioning: beam search (1 = greedy) ...
     c.eval.top_p = 0.0  # ... or nucleus sampling when > 0
     c.eval.max_length = 20  # tokens, [DEC] and the prompt included (as the original counts)
