@@ -7,9 +7,11 @@
 #
 # WORKDIR should be a gs:// path (orbax writes checkpoints from all hosts together) and the
 # datasets must be readable from every worker (config.data.data_dir).
+# BLIP_MODULE=blip_jax.capfilt runs CapFilt instead of training (the same arguments).
 set -euo pipefail
-if [ $# -lt 5 ]; then sed -n '2,9p' "$0"; exit 2; fi
+if [ $# -lt 5 ]; then sed -n '2,10p' "$0"; exit 2; fi
 NAME=$1 ZONE=$2 ACCEL=$3 CONFIG=$4 WORKDIR=$5; shift 5
+MODULE=${BLIP_MODULE:-blip_jax.train}
 VERSION=${TPU_SOFTWARE_VERSION:-tpu-ubuntu2204-base}
 REPO_DIR=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -22,4 +24,4 @@ gcloud compute tpus tpu-vm scp /tmp/blip_jax_src.tgz "$NAME":~/ --zone "$ZONE" -
 gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all --command "
   set -e; mkdir -p ~/blip_jax && tar -C ~/blip_jax -xzf ~/blip_jax_src.tgz && cd ~/blip_jax &&
   python3 -m venv .venv && . .venv/bin/activate && pip install -q -e . 'jax[tpu]==0.10.2' &&
-  BLIP_AUTO_DISTRIBUTED=1 python -m blip_jax.train --config=$CONFIG --workdir=$WORKDIR $*"
+  BLIP_AUTO_DISTRIBUTED=1 python -m $MODULE --config=$CONFIG --workdir=$WORKDIR $*"

@@ -24,7 +24,7 @@ import torch_reference as ref  # noqa: E402
 from blip_jax.checkpoint import CheckpointMismatchError, load_model, save_model  # noqa: E402
 from blip_jax.convert import export_hf, load_hf, load_original, mapping  # noqa: E402
 from blip_jax.convert.importer import MOMENTUM_MODULES, import_state_dict, momentum_config  # noqa: E402
-from blip_jax.models import Blip, abstract_params, init_params, preset  # noqa: E402
+from blip_jax.models import Blip, abstract_params, preset  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
 TOL = 1e-4
@@ -72,7 +72,7 @@ HF_CLASSES = {"retrieval": "BlipForImageTextRetrieval", "captioning": "BlipForCo
 @pytest.mark.parametrize("tied,task", [(False, "retrieval"), (False, "captioning"),
                                        (False, "vqa"), (True, "captioning"), (True, "retrieval")])
 def test_export_hf_loads_in_transformers(tmp_path, tied, task):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     config = preset("tiny", tie_encoder_decoder=tied,
                     decoder_context="question" if task == "vqa" else "image")

@@ -4,6 +4,7 @@ processes (loopback, gloo) train exactly like one."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,6 +168,21 @@ def test_sigkill_resume_reproduces_uninterrupted_run(tmp_path, data_dir, uninter
     for step in range(5, 13):
         # Same data batches, same rng, same state: bit-identical on one CPU device.
         assert resumed[step] == uninterrupted[step], step
+
+
+def test_resume_with_other_data_names_the_fix(tmp_path, data_dir, uninterrupted_dir):
+    """A workdir's checkpoint holds its input pipeline's position; resuming it on other data
+    (here the same dataset copied elsewhere) is refused in one line naming the workdir and
+    the fix (it was grain's multi-line DataSource error with a traceback)."""
+    wd, other = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(uninterrupted_dir, wd)
+    shutil.copytree(data_dir, other)
+    r = subprocess.run(_cmd(wd, other, total_steps=16), env=_env(), capture_output=True,
+                       text=True, timeout=600)
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert len(lines) == 1, r.stderr[-2000:]  # (absl's dataset warnings go to stderr too)
+    assert "holds step 12" in lines[0] and str(other) in lines[0] and "new --workdir" in lines[0]
 
 
 def test_sigterm_saves_then_exits(tmp_path, data_dir):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Mapping, Optional
+from typing import Mapping
 
 import numpy as np
 from flax import linen as nn

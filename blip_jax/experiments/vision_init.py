@@ -65,7 +65,6 @@ def make_images(seed: int, start: int, count: int, rendered_size: int, model_siz
 def train_classifier(vision_config, seed: int, scale: VisionInitScale, rendered_size: int = 96):
     """Returns (ViT params, {"eval_exact_match", "eval_object_accuracy", "final_loss"})."""
     import jax
-    import jax.numpy as jnp
     import flax.linen as nn
     import optax
 

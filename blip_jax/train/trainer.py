@@ -284,7 +284,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if start is not None:
         state, data_state = ckpt.restore(start, setup.abstract_state)
         if data_state is not None:
-            iterator.set_state(data_state)
+            try:
+                iterator.set_state(data_state)
+            except ValueError as e:  # grain: the checkpoint's data source is not this run's
+                sources = [line for line in str(e).splitlines() if line.startswith("data source")]
+                raise ValueError(
+                    f"{ckpt.directory} holds step {start} of a run that read other data, so it "
+                    f"cannot resume with config.data as given ({'; '.join(sources) or e}). Fix: resume with that run's "
+                    f"data settings, or train in a new --workdir.") from e
         if is_main:
             print(f"resumed from step {start} in {ckpt.directory}", flush=True)
     start = start or 0
