@@ -236,6 +236,27 @@ def test_prepare_on_beam_is_the_in_process_build(shards, tmp_path, capsys):
     batches = list(loader)
     assert len(batches) == 2 and batches[1]["image"].shape == (4, 32, 32, 3)
     assert sorted(np.concatenate([x["image_id"] for x in batches]).tolist()) == sorted(int(r["image_id"]) for r in a)
+    _train_two_steps(beam, name, str(tmp_path / "run"))
+
+
+def _train_two_steps(data_dir: str, name: str, workdir: str) -> None:
+    """Two steps of the pre-training step (ITC + ITM + LM) of a small model on the dataset."""
+    from blip_jax.experiments import tiny
+    from blip_jax.train.trainer import train
+
+    c = tiny.pretrain(steps=2)
+    c.data.data_dir, c.data.train_sources = data_dir, [(name, "train")]
+    c.data.workers, c.data.randaugment, c.eval.every_steps = 0, False, 0
+    c.batch_size, c.loss.queue_size, c.log_every_steps, c.checkpoint_every_steps = 8, 16, 1, 2
+    c.model.vision.update(image_size=32, depth=1, width=32, mlp_dim=64)
+    c.model.text.update(num_layers=1, hidden_size=32, intermediate_size=64)
+    c.model.embed_dim, c.data.max_tokens = 16, 16
+    train(c, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        logged = [json.loads(line) for line in f]
+    steps = [r for r in logged if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(np.isfinite(r[k]) for r in steps for k in ("loss_itc", "loss_itm", "loss_lm"))
 
 
 def test_beam_build_errors(tmp_path, capsys):
