@@ -1,7 +1,8 @@
 """Caption images with a blip_jax checkpoint: beam search (3 beams, the paper's setting),
-greedy (--beams 1) or nucleus sampling (--top-p 0.9 --seed S).
+greedy (--beams 1) or nucleus sampling (--top-p 0.9 --seed S), in float32 or bfloat16.
 
-    python -m blip_jax.caption --checkpoint DIR [--json] [--beams N | --top-p P] IMAGE [IMAGE ...]
+    python -m blip_jax.caption --checkpoint DIR [--json] [--beams N | --top-p P]
+        [--dtype bfloat16] IMAGE [IMAGE ...]
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="beam search: a finished caption's log-probability is divided by its "
                         "whole length ([DEC] and prompt included, as the original BLIP's "
                         "transformers 4 did) or by its generated length (transformers 5)")
+    p.add_argument("--dtype", default="float32",
+                   help="computation dtype: float32 or bfloat16 (weights cast to bfloat16 at "
+                        "load; softmax, LayerNorm statistics and logits stay float32)")
     return p
 
 
@@ -46,6 +50,9 @@ def main(argv=None) -> int:
         parser.error(f"--beams must be >= 1 (1 = greedy), got {args.beams}")
     if not 0.0 <= args.top_p <= 1.0:
         parser.error(f"--top-p must be in [0, 1] (0 = beam search or greedy), got {args.top_p}")
+    from blip_jax.inference import Predictor, check_dtype  # after parsing: --help stays instant
+
+    check_dtype(args.dtype)
     # Images are opened before the checkpoint loads, so a wrong path fails at once.
     paths, opened, failed = [], [], []
     for path in args.images:
@@ -60,9 +67,7 @@ def main(argv=None) -> int:
         return 1
     for message in failed:
         print(f"skipped {message}", file=sys.stderr)
-    from blip_jax.inference import Predictor  # after parsing: --help stays instant
-
-    predictor = Predictor.load(args.checkpoint)
+    predictor = Predictor.load(args.checkpoint, dtype=args.dtype)
     images = [image.preprocess(img, predictor.config.vision.image_size) for img in opened]
     if images:
         import numpy as np

@@ -1,7 +1,7 @@
 """Evaluate a model checkpoint (trained here or converted) the way a config says.
 
     python -m blip_jax.evaluate --config=configs/retrieval_coco.py --checkpoint=DIR \
-        [--split=test] [--output=results.json] [--config.eval.k_test=128 ...]
+        [--split=test] [--output=results.json] [--dtype=bfloat16] [--config.eval.k_test=128 ...]
 
 config.task picks the protocol: retrieval / pretrain (TR/IR R@1/5/10; config.eval.itm_rerank
 for the paper's ITM re-ranking of the top config.eval.k_test) or caption (COCO caption metrics
@@ -33,16 +33,21 @@ flags.DEFINE_string("checkpoint", None, "Model checkpoint directory (blip_jax.ch
                     "a training run's WORKDIR/model or a `blip_jax.convert` output).")
 flags.DEFINE_string("split", None, "Split of config.data.eval_source's dataset (default: its own).")
 flags.DEFINE_string("output", None, "Results JSON (default: CHECKPOINT/eval_TASK_SPLIT.json).")
+flags.DEFINE_string("dtype", "float32", "Computation dtype: float32 or bfloat16 (the params cast "
+                    "to bfloat16 once at load; softmax, LayerNorm statistics and logits stay "
+                    "float32).")
 flags.mark_flags_as_required(["config", "checkpoint"])
 
 
 def run(config, checkpoint_dir: str, split: Optional[str] = None,
-        output: Optional[str] = None) -> dict:
-    """Evaluates `checkpoint_dir` under `config`; writes and returns the results."""
+        output: Optional[str] = None, dtype: str = "float32") -> dict:
+    """Evaluates `checkpoint_dir` under `config` in computation dtype `dtype` (float32 or
+    bfloat16: inference.with_dtype); writes and returns the results."""
     import jax
 
     from blip_jax import checkpoint, parallel
     from blip_jax.evaluation import tasks
+    from blip_jax.inference import check_dtype, with_dtype
     from blip_jax.models import variants
     from blip_jax.models.blip import Blip
     from blip_jax.models.config import BlipConfig
@@ -50,6 +55,7 @@ def run(config, checkpoint_dir: str, split: Optional[str] = None,
     from blip_jax.train.trainer import check_config_keys
 
     check_config_keys(config)
+    check_dtype(dtype)
     source_cfg, params = checkpoint.load_model(checkpoint_dir)
     wanted = BlipConfig.from_dict(config.model.to_dict())
     if wanted.image_pair and not source_cfg.image_pair:
@@ -63,6 +69,7 @@ def run(config, checkpoint_dir: str, split: Optional[str] = None,
         vision=dataclasses.replace(source_cfg.vision, image_size=wanted.vision.image_size))
     params = variants.adapt_params(params, source_cfg, model_cfg)
     checkpoint.check_params_fit(params, model_cfg, what=f"checkpoint {checkpoint_dir}")
+    model_cfg, params = with_dtype(model_cfg, params, dtype)
     config = config.copy_and_resolve_references()
     config.model = model_cfg.to_dict()
     name, default_split = config.data.eval_source
@@ -73,7 +80,7 @@ def run(config, checkpoint_dir: str, split: Optional[str] = None,
     out_dir = os.path.dirname(os.path.abspath(output)) if output else checkpoint_dir
     metrics = tasks.evaluate(config, Blip(model_cfg), params, data, mesh=mesh, output_dir=out_dir)
     results = {"task": config.task, "checkpoint": os.path.abspath(checkpoint_dir),
-               "dataset": f"{name}:{split}", "metrics": metrics}
+               "dataset": f"{name}:{split}", "dtype": dtype, "metrics": metrics}
     if isinstance(data, tasks.StreamedSplit):
         count = "num_questions" if config.task in ("vqa", "videoqa") else "num_examples"
         results[count] = metrics[count]
@@ -114,7 +121,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     distributed.initialize_from_flags()
-    run(FLAGS.config, FLAGS.checkpoint, FLAGS.split, FLAGS.output)
+    run(FLAGS.config, FLAGS.checkpoint, FLAGS.split, FLAGS.output, FLAGS.dtype)
 
 
 if __name__ == "__main__":

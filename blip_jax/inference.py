@@ -14,6 +14,37 @@ from blip_jax import checkpoint, decoding, image, tokenizer as tok
 from blip_jax.models.blip import Blip
 from blip_jax.models.config import BlipConfig
 
+# Computation dtypes of the inference commands (--dtype, CapFilt's config.dtype).
+DTYPES = ("float32", "bfloat16")
+
+
+def check_dtype(dtype: str) -> str:
+    """`dtype` if the inference commands accept it; else a ValueError naming the choices."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported for inference: use "
+                         f"{' or '.join(DTYPES)}")
+    return dtype
+
+
+def with_dtype(config: BlipConfig, params, dtype: str = "float32") -> tuple[BlipConfig, dict]:
+    """(config, params) for inference in `dtype`: the model's computation dtype set to it and the
+    floating-point params cast to it once (bfloat16: weights held in bfloat16 on the device,
+    half the memory and the weight traffic of every step; Flax would otherwise cast float32
+    weights per op). Integer leaves are kept. The model keeps its own float32 islands: attention
+    scores and softmax (layers.attention), LayerNorm statistics (Flax), LM/ITM logits and the
+    ITC features, and everything decoding does with the logits.
+
+    The one place the inference entry points (Predictor.load, `blip_jax.evaluate`, CapFilt)
+    apply their dtype; float32 gives float32 params whatever the checkpoint's config says."""
+    check_dtype(dtype)
+    target = jnp.dtype(dtype)
+
+    def cast(x):
+        x = jnp.asarray(x)
+        return x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return config.replace(dtype=dtype), jax.tree_util.tree_map(cast, params)
+
 
 @dataclasses.dataclass
 class Predictor:
@@ -22,9 +53,11 @@ class Predictor:
     tokenizer: tok.BlipTokenizer
 
     @classmethod
-    def load(cls, directory: str) -> "Predictor":
-        config, params = checkpoint.load_model(directory)
-        params = jax.tree_util.tree_map(jnp.asarray, params)
+    def load(cls, directory: str, dtype: str = "float32") -> "Predictor":
+        """The checkpoint in `directory`, computing in `dtype` ("float32" or "bfloat16": see
+        `with_dtype`)."""
+        check_dtype(dtype)  # before reading the checkpoint
+        config, params = with_dtype(*checkpoint.load_model(directory), dtype)
         return cls(config, params, tok.BlipTokenizer())
 
     @functools.cached_property

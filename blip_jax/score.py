@@ -1,6 +1,6 @@
 """Score how well a text matches an image: ITM match probability and ITC cosine similarity.
 
-    python -m blip_jax.score --checkpoint DIR --image IMG --text TEXT [--json]
+    python -m blip_jax.score --checkpoint DIR --image IMG --text TEXT [--json] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -21,16 +21,20 @@ def main(argv=None) -> int:
     p.add_argument("--image", required=True)
     p.add_argument("--text", required=True)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--dtype", default="float32",
+                   help="computation dtype: float32 or bfloat16 (weights cast to bfloat16 at "
+                        "load; softmax, LayerNorm statistics and logits stay float32)")
     args = p.parse_args(argv)
+    from blip_jax.inference import Predictor, check_dtype  # after parsing: --help stays instant
+
+    check_dtype(args.dtype)
     # Checked before the checkpoint loads: the model would score an empty text without a word.
     if not pre_caption(args.text):
         raise cli.UserError(f"--text {args.text!r} has no words to score (after BLIP's cleaning: "
                             "lower case, punctuation removed); give a caption, e.g. --text "
                             "\"a dog on a beach\"")
     img = image.open_rgb(args.image)  # ImageError names the file
-    from blip_jax.inference import Predictor
-
-    predictor = Predictor.load(args.checkpoint)
+    predictor = Predictor.load(args.checkpoint, dtype=args.dtype)
     images = image.preprocess(img, predictor.config.vision.image_size)[None]
     itm, itc = predictor.score(images, [args.text])
     if args.json:

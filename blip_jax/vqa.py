@@ -3,7 +3,7 @@ paper's inference, with the top-k answers and their scores) or generate free tex
 
     python -m blip_jax.vqa --checkpoint DIR --image IMG --question "what color is the star?" \
         [--image IMG2 --question Q2 ...] [--method rank|generate] [--answers answer_list.json] \
-        [--top-k 5] [--json]
+        [--top-k 5] [--json] [--dtype bfloat16]
 
 Pairs --image and --question in order (one image with several questions: give --image once).
 --answers defaults to the answer list a blip_jax VQA fine-tune stores in its model directory
@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank: candidates re-scored per question (the original's 128)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", action="store_true", help="one JSON object per question")
+    p.add_argument("--dtype", default="float32",
+                   help="computation dtype: float32 or bfloat16 (weights cast to bfloat16 at "
+                        "load; softmax, LayerNorm statistics and logits stay float32)")
     return p
 
 
@@ -71,6 +74,9 @@ def main(argv=None) -> int:
     if args.top_k < 1 or args.k_test < 1:
         parser.error("--top-k and --k-test must be >= 1")
     from blip_jax import checkpoint  # after parsing: --help stays instant
+    from blip_jax.inference import Predictor, check_dtype
+
+    check_dtype(args.dtype)
 
     if checkpoint.load_config(args.checkpoint).decoder_context != "question":
         raise cli.UserError(f"{args.checkpoint} is not a VQA model (its decoder reads the image, "
@@ -86,10 +92,9 @@ def main(argv=None) -> int:
             opened[path] = image.open_rgb(path)
         except ImageError as e:
             raise cli.UserError(str(e)) from None
-    from blip_jax.inference import Predictor  # after parsing: --help stays instant
     import numpy as np
 
-    predictor = Predictor.load(args.checkpoint)
+    predictor = Predictor.load(args.checkpoint, dtype=args.dtype)
     size = predictor.config.vision.image_size
     pixels = {p: image.preprocess(img, size) for p, img in opened.items()}
     results = predictor.answer(np.stack([pixels[p] for p in images]), questions,

@@ -7,6 +7,8 @@ import ml_collections
 # What a result depends on: a restart must use the same values (per_device_batch, workers, the
 # device count and the process count are free to change, results do not depend on them; nor do
 # output_format and webdataset_dir: rerun a finished job with another to add that output).
+# dtype is one too, recorded only when it is not float32 (job.py), so that a workdir started
+# before the key existed resumes.
 RESULT_KEYS = ("data_dir", "sources", "synthetic_num_images", "synthetic_noise_rate",
                "synthetic_nondescript_rate", "synthetic_seed", "synthetic_clean_images",
                "synthetic_eval_images", "decoding", "num_beams", "captioner_checkpoint", "filter_checkpoint", "num_captions",
@@ -42,6 +44,9 @@ def default_config() -> ml_collections.ConfigDict:
     # -- models: two separate checkpoints (sharing them hurt in the paper) --------------------------
     c.captioner_checkpoint = ""  # blip_jax checkpoint dir with a text decoder
     c.filter_checkpoint = ""     # blip_jax checkpoint dir with a text encoder and the ITM head
+    # Computation dtype of both models: "float32" or "bfloat16" (params cast to bfloat16 once at
+    # load; attention softmax, LayerNorm statistics and the logits stay float32).
+    c.dtype = "float32"
 
     # -- captioning: nucleus sampling as in the original CapFilt ------------------------------------
     # "nucleus" (the paper's CapFilt) or "beam" (num_beams, the paper's Table 2 comparison: one
@@ -112,6 +117,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         (config.records_per_shard >= 1, f"records_per_shard={config.records_per_shard}: "
                                         "must be >= 1"),
         (config.max_tokens >= 3, f"max_tokens={config.max_tokens}: must be >= 3"),
+        (config.dtype in ("float32", "bfloat16"), f"dtype={config.dtype!r}: must be 'float32' "
+                                                  "or 'bfloat16'"),
         (len(config.sources) > 0, "sources is empty: give [(dataset name, split), ...]"),
         (config.output_format in OUTPUT_FORMATS, f"output_format={config.output_format!r}: must be "
                                                  f"one of {', '.join(map(repr, OUTPUT_FORMATS))}"),

@@ -40,6 +40,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from blip_jax import checkpoint, decoding, tokenizer as tok
 from blip_jax.capfilt import output
 from blip_jax.capfilt.defaults import RESULT_KEYS, CapFiltConfigError, check_config
+from blip_jax.inference import with_dtype
 from blip_jax.models.blip import Blip
 from blip_jax.models.config import BlipConfig
 
@@ -55,9 +56,12 @@ class Models:
 
 
 def load_models(config: ml_collections.ConfigDict) -> Models:
-    """Loads both checkpoints and checks each can do its job and that they read the same images."""
-    cap_cfg, cap_params = checkpoint.load_model(config.captioner_checkpoint)
-    fil_cfg, fil_params = checkpoint.load_model(config.filter_checkpoint)
+    """Loads both checkpoints (computing in config.dtype, inference.with_dtype) and checks each
+    can do its job and that they read the same images."""
+    cap_cfg, cap_params = with_dtype(*checkpoint.load_model(config.captioner_checkpoint),
+                                     config.dtype)
+    fil_cfg, fil_params = with_dtype(*checkpoint.load_model(config.filter_checkpoint),
+                                     config.dtype)
     _check_roles(cap_cfg, fil_cfg, config)
     return Models(Blip(cap_cfg), Blip(fil_cfg), cap_params, fil_params)
 
@@ -410,6 +414,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     models = load_models(config)  # checked before the workdir records these settings
     output.check_layout(workdir)
     fingerprint = {k: config[k] for k in RESULT_KEYS}
+    if config.dtype != "float32":  # float32 is what a workdir without the key computed
+        fingerprint["dtype"] = config.dtype
     fingerprint.update(total_records=total)
     output.check_job(workdir, fingerprint)
     wds_dir = _webdataset_dir(config, workdir) if "webdataset" in formats else None
