@@ -2,6 +2,14 @@
 
     python benchmarks/train_step.py [--configs tiny,base] [--repeats 5]
     python benchmarks/train_step.py --configs nlvr_base --base-batch 2 --repeats 3
+    python benchmarks/train_step.py --lm-chunk-tokens 0,64,128,256 --repeats 7
+
+With --lm-chunk-tokens the pre-training step is compiled once per value of
+config.loss.lm_chunk_tokens (0 = materialised [B, L, vocab] logits) and the variants are timed
+side by side: every repeat runs one step of each, in an order rotated per repeat, all on one
+train state (the steps have the same state shardings); medians per variant, XLA's FLOPs,
+bytes accessed (of a copy with the chunk loop unrolled: XLA counts a loop body once) and
+temp memory per variant. Writes benchmarks/results/train_step_lm_chunk.json.
 
 For each config: examples/s (median over timed steps), the step's FLOPs from XLA's cost
 analysis of the compiled program, achieved FLOP/s, and MFU = achieved / this machine's float32
@@ -12,6 +20,8 @@ process's peak RSS. Prints a table and writes benchmarks/results/train_step.json
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import os
 import platform
 import resource
@@ -24,9 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import common
-from blip_jax import parallel
+from blip_jax import losses, parallel
 from blip_jax.models import preset
-from blip_jax.train import trainer
+from blip_jax.train import optim, trainer
+from blip_jax.train.step import jit_train_step, make_train_step
 from blip_jax.train.defaults import base_config
 
 
@@ -54,7 +65,8 @@ def _nlvr_config(batch: int):
     return c
 
 
-def bench_config(name: str, batch: int, text_len: int, repeats: int) -> dict:
+def _setup(name: str, batch: int, text_len: int):
+    """(config, trainer Setup on one device, the global batch) of a benchmark config."""
     if name == "nlvr_base":
         c = _nlvr_config(batch)
     else:
@@ -78,12 +90,25 @@ def bench_config(name: str, batch: int, text_len: int, repeats: int) -> dict:
         batch_np = {"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
                     "text_ids": ids, "text_mask": np.ones((batch, text_len), np.int32),
                     "image_id": np.arange(batch, dtype=np.int32)}
-    gb = parallel.global_batch(batch_np, mesh)
-    compiled = setup.step_fn.lower(setup.state, gb).compile()
+    return c, setup, parallel.global_batch(batch_np, mesh)
+
+
+def _cost(compiled) -> dict:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", float("nan")))
     mem = compiled.memory_analysis()
+    return {"flops_per_step": float(cost.get("flops", float("nan"))),
+            "xla_bytes_accessed": float(cost.get("bytes accessed", float("nan"))),
+            "xla_temp_bytes": getattr(mem, "temp_size_in_bytes", None),
+            "xla_argument_bytes": getattr(mem, "argument_size_in_bytes", None)}
+
+
+def bench_config(name: str, batch: int, text_len: int, repeats: int) -> dict:
+    c, setup, gb = _setup(name, batch, text_len)
+    size = c.model.vision.image_size
+    compiled = setup.step_fn.lower(setup.state, gb).compile()
+    cost = _cost(compiled)
+    flops = cost["flops_per_step"]
     state = setup.state
     state, m = compiled(state, gb)
     jax.block_until_ready(m)
@@ -97,9 +122,97 @@ def bench_config(name: str, batch: int, text_len: int, repeats: int) -> dict:
     return {"config": name, "batch": batch, "image_size": size, "text_len": text_len,
             "step_seconds_median": step, "step_seconds_all": times,
             "examples_per_sec": batch / step, "flops_per_step": flops,
-            "achieved_flops_per_sec": flops / step,
-            "xla_temp_bytes": getattr(mem, "temp_size_in_bytes", None),
-            "xla_argument_bytes": getattr(mem, "argument_size_in_bytes", None)}
+            "achieved_flops_per_sec": flops / step, **cost}
+
+
+def bench_lm_chunks(name: str, batch: int, text_len: int, repeats: int,
+                    chunks: list[int]) -> list[dict]:
+    """The pre-training step of `name` once per config.loss.lm_chunk_tokens value, timed
+    interleaved on one shared state (see the module docstring)."""
+    c, setup, gb = _setup(name, batch, text_len)
+    tx, _ = optim.make_optimizer(c.optim, c.total_steps, 100)  # as trainer.build made it
+    def compile_step(n: int):
+        lc = dataclasses.replace(setup.loss, lm_chunk_tokens=n)
+        fn = jit_train_step(make_train_step(setup.model, tx, lc, setup.schedule, setup.mesh),
+                            setup.shardings, setup.mesh)
+        return fn.lower(setup.state, gb).compile()
+
+    compiled, costs = [], []
+    for n in chunks:
+        t = time.perf_counter()
+        compiled.append(compile_step(n))
+        cost = {**_cost(compiled[-1]), "compile_seconds": time.perf_counter() - t}
+        if n > 0:
+            # XLA's cost analysis counts a while loop's body once: the FLOPs and bytes of the
+            # whole step come from a copy compiled with the chunk loop unrolled (not timed).
+            chunked = losses.chunked_lm_loss
+            losses.chunked_lm_loss = functools.partial(chunked, unroll=True)
+            try:
+                unrolled = _cost(compile_step(n))
+            finally:
+                losses.chunked_lm_loss = chunked
+            cost.update({"loop_body_once_" + k: cost[k]
+                         for k in ("flops_per_step", "xla_bytes_accessed")})
+            cost.update({k: unrolled[k] for k in ("flops_per_step", "xla_bytes_accessed")})
+        costs.append(cost)
+    state = setup.state
+    for fn in compiled:  # warm-up: one step each
+        state, m = fn(state, gb)
+        jax.block_until_ready(m)
+    times = [[] for _ in chunks]
+    for r in range(repeats):
+        for k in range(len(chunks)):
+            i = (k + r) % len(chunks)
+            t = time.perf_counter()
+            state, m = compiled[i](state, gb)
+            jax.block_until_ready(m)
+            times[i].append(time.perf_counter() - t)
+    rows = []
+    ref = times[chunks.index(0)] if 0 in chunks else None
+    for n, cost, ts in zip(chunks, costs, times):
+        step = statistics.median(ts)
+        # Within one repeat the variants ran back to back: the ratio of a pair sees the same
+        # machine load (other jobs come and go), the median of these ratios is the speed-up.
+        paired = (statistics.median(a / b for a, b in zip(ref, ts)) if ref is not None
+                  else float("nan"))
+        rows.append({"config": name, "lm_chunk_tokens": n, "batch": batch,
+                     "image_size": c.model.vision.image_size, "text_len": text_len,
+                     "step_seconds_median": step, "step_seconds_min": min(ts),
+                     "step_seconds_all": ts, "paired_speedup_vs_materialised": paired,
+                     "examples_per_sec": batch / step,
+                     "achieved_flops_per_sec": cost["flops_per_step"] / step, **cost})
+    return rows
+
+
+def main_lm_chunks(args, peak: float) -> int:
+    chunks = [int(x) for x in args.lm_chunk_tokens.split(",")]
+    rows = []
+    for name in args.configs.split(","):
+        batch = args.base_batch if name in ("base", "large") else args.tiny_batch
+        for r in bench_lm_chunks(name, batch, 30 if name != "tiny" else 24, args.repeats, chunks):
+            r["mfu"] = r["achieved_flops_per_sec"] / peak
+            rows.append(r)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"float32 matmul peak (2048^3, median of 10): {peak / 1e9:.1f} GFLOP/s on "
+          f"{jax.devices()[0].platform} ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
+    print("vs 0: median over repeats of (materialised step time / this one) in the same repeat; "
+          "MFU from the median")
+    print(f"{'config':8} {'chunk':>5} {'batch':>5} {'px':>4} {'median s':>8} {'min s':>7} "
+          f"{'ex/s':>7} {'vs 0':>5} {'GFLOP/step':>10} {'GB accessed':>11} {'MFU':>6} "
+          f"{'XLA temp MB':>11}")
+    for r in rows:
+        print(f"{r['config']:8} {r['lm_chunk_tokens']:>5} {r['batch']:>5} {r['image_size']:>4} "
+              f"{r['step_seconds_median']:>8.3f} {r['step_seconds_min']:>7.3f} "
+              f"{r['examples_per_sec']:>7.1f} {r['paired_speedup_vs_materialised']:>5.2f} "
+              f"{r['flops_per_step'] / 1e9:>10.2f} {r['xla_bytes_accessed'] / 1e9:>11.2f} "
+              f"{100 * r['mfu']:>5.1f}% {(r['xla_temp_bytes'] or 0) / 2**20:>11.1f}")
+    print(f"peak RSS of this process: {peak_rss / 2**30:.2f} GiB")
+    out = {"matmul_peak_flops_per_sec": peak, "peak_rss_bytes": peak_rss, "rows": rows,
+           "load_average": os.getloadavg(), "cpu_count": os.cpu_count(),
+           "platform": platform.platform(), "devices": str(jax.devices()[0]),
+           "jax": jax.__version__}
+    common.write_result("train_step_lm_chunk", out)
+    return 0
 
 
 def main() -> int:
@@ -110,8 +223,14 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--base-batch", type=int, default=2)
     p.add_argument("--tiny-batch", type=int, default=32)
+    p.add_argument("--lm-chunk-tokens", default="",
+                   help="comma-separated config.loss.lm_chunk_tokens values (e.g. 0,64,128,256): "
+                        "time the pre-training step with each, interleaved; results go to "
+                        "train_step_lm_chunk.json")
     args = p.parse_args()
     peak = matmul_peak()
+    if args.lm_chunk_tokens:
+        return main_lm_chunks(args, peak)
     rows = []
     for name in args.configs.split(","):
         batch = args.base_batch if name in ("base", "large", "nlvr_base") else args.tiny_batch

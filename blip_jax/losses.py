@@ -7,10 +7,12 @@ the model's forward passes.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def itc_targets(sim_m: jax.Array, positives: jax.Array, alpha: jax.Array) -> jax.Array:
@@ -203,6 +205,204 @@ def lm_loss(logits: jax.Array, ids: jax.Array, mask: jax.Array, label_smoothing:
     if ignore_prefix:
         weight = weight * (jnp.arange(weight.shape[1]) >= ignore_prefix)[None]
     return jnp.sum(per_token * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def _lm_target_weights(mask: jax.Array, ignore_prefix: int) -> jax.Array:
+    """[B, L-1] float32: 1 for a target token of `lm_loss`, 0 for padding and the prefix."""
+    weight = mask[:, 1:].astype(jnp.float32)
+    if ignore_prefix:
+        weight = weight * (jnp.arange(weight.shape[1]) >= ignore_prefix)[None]
+    return weight
+
+
+def chunked_lm_loss(hidden: jax.Array, kernel: jax.Array, bias: jax.Array, ids: jax.Array,
+                    mask: jax.Array, label_smoothing: float = 0.1, ignore_prefix: int = 0,
+                    chunk_tokens: int = 128, vocab_first: bool = True, mesh=None,
+                    unroll: int | bool = 1) -> jax.Array:
+    """`lm_loss` of logits = hidden . W + bias, without ever holding the [B, L, V] logits.
+
+    hidden [B, L, D]: the decoder's states before the vocabulary projection (after the LM
+    head's transform; computation dtype). kernel: the projection, [V, D] (`vocab_first`: the
+    tied word-embedding table, as `Blip.lm_hidden` returns it) or [D, V] (a Dense kernel);
+    float32 parameters, cast to hidden's dtype for the dot as nn.Embed.attend does. bias [V].
+    Logits are (hidden . W in hidden's dtype) as float32 + bias, those of `Blip.lm_logits`.
+    Positions 0..L-2 predict ids 1..L-1 (the last position's logits are never computed). The
+    value equals `lm_loss(logits, ids, mask, label_smoothing, ignore_prefix)` up to float32
+    summation order, and so do the gradients.
+
+    Chunks hold about `chunk_tokens` tokens: max(1, chunk_tokens // B) positions of every
+    row, so a chunk spans the batch and a batch sharded over devices stays sharded in every
+    chunk; a chunk whose targets are all padding is skipped. Under differentiation the
+    forward pass also forms each chunk's logit gradient and reduces it at once into
+    dhidden, dW and dbias (a loss is differentiated once and its gradient is linear in the
+    output cotangent, which the backward pass multiplies in): the matmul FLOPs of autodiff
+    through materialised logits, no recomputation, no [B, L, V] array. Differentiate once
+    (no higher-order derivatives).
+
+    `mesh` (the train step's; optional): the batch is split into its data x fsdp shards and
+    each shard's dW / dbias are accumulated on their own over the chunks and summed once at
+    the end (one reduction per step, as through materialised logits, not one per chunk); the
+    projection is gathered over fsdp once, outside the loop, and stays split over the vocabulary
+    as the 'vocab' rule of `parallel.PARAM_RULES` shards it (softmax statistics are then
+    reduced over the tensor axis). Without it XLA partitions the loop as it sees fit, correctly.
+    `unroll`: lax.scan's (XLA's cost analysis counts a loop body once; unroll=True lets it
+    see every chunk).
+    """
+    if not vocab_first:
+        kernel = kernel.T
+    if hidden.ndim != 3 or kernel.ndim != 2 or kernel.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"chunked_lm_loss: hidden {hidden.shape} [B, L, D] and kernel "
+                         f"{kernel.shape} [V, D] do not fit")
+    if chunk_tokens < 1:
+        raise ValueError(f"chunked_lm_loss: chunk_tokens={chunk_tokens!r}, use >= 1")
+    weight = _lm_target_weights(mask, ignore_prefix)
+    scale = weight / jnp.maximum(jnp.sum(weight), 1.0)  # each target's share of the mean
+    rows, positions = weight.shape
+    per_chunk = min(positions, max(1, int(chunk_tokens) // rows))
+    chunks = -(-positions // per_chunk)
+    pad = chunks * per_chunk - positions
+    shards = _LoopShardings.make(mesh, rows, kernel.shape[0])
+
+    def blocks(x):  # [B, L-1, ...] -> [chunks, S, B/S, per_chunk, ...], the padding weight 0
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        x = x.reshape(shards.count, rows // shards.count, chunks, per_chunk, *x.shape[2:])
+        return shards.constrain(jnp.moveaxis(x, 2, 0), "blocks")
+
+    return _chunked_ce(blocks(hidden[:, :-1]), kernel, bias.astype(jnp.float32),
+                       blocks(ids[:, 1:].astype(jnp.int32)), blocks(scale),
+                       float(label_smoothing), shards, unroll)
+
+
+class _LoopShardings:
+    """Sharding hints of the chunk loop (hashable: a static argument of the custom VJP).
+    count: S, the batch shards whose dW / dbias are accumulated apart (1 without a mesh)."""
+
+    def __init__(self, mesh, count: int, vocab_axis):
+        self.mesh, self.count, self.vocab_axis = mesh, count, vocab_axis
+
+    @classmethod
+    def make(cls, mesh, rows: int, vocab: int) -> "_LoopShardings":
+        if mesh is None:
+            return cls(None, 1, None)
+        from blip_jax import parallel  # noqa: PLC0415 (keeps this module free of mesh code)
+        count = parallel.batch_shards(mesh)
+        vocab_axis = parallel._spec_for((vocab,), ("vocab",), mesh, dict(parallel.PARAM_RULES))[0]
+        return cls(mesh, count if rows % count == 0 else 1, vocab_axis)
+
+    def _key(self):
+        return (self.mesh, self.count, self.vocab_axis)
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __eq__(self, other):
+        return isinstance(other, _LoopShardings) and self._key() == other._key()
+
+    def constrain(self, x: jax.Array, kind: str) -> jax.Array:
+        """kind: 'blocks' [chunks, S, ...]; 'kernel' [V, D]; 'partial' [S, V, ...] (dW, db);
+        'logits' [S, B/S, C, V]."""
+        if self.mesh is None:
+            return x
+        from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: PLC0415
+
+        from blip_jax import parallel  # noqa: PLC0415
+        batch = parallel.BATCH_AXES if self.count > 1 else None
+        spec = {"blocks": P(None, batch), "kernel": P(self.vocab_axis, None),
+                "partial": P(batch, self.vocab_axis),
+                "logits": P(batch, None, None, self.vocab_axis)}[kind]
+        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
+
+
+def _chunk_terms(h, w, b, targets, scale, eps: float, shards: _LoopShardings, with_grads: bool):
+    """One chunk: h [S, R, C, D], w [V, D] (h's dtype), b [V] f32, targets / scale [S, R, C].
+    Returns (sum of scale * token loss, and with_grads the logit gradient [S, R, C, V] f32)."""
+    logits = shards.constrain(jnp.einsum("srcd,vd->srcv", h, w).astype(jnp.float32) + b, "logits")
+    # As jax.nn.log_softmax: logp = shifted - log(sum(exp(shifted))), shifted = logits - max.
+    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+    exp = jnp.exp(shifted)
+    total = jnp.sum(exp, axis=-1)
+    target_shifted = jnp.take_along_axis(shifted, targets[..., None], axis=-1)[..., 0]
+    # -(1-eps) logp[target] - eps mean_v logp[v]: torch's CrossEntropyLoss(label_smoothing=eps)
+    per_token = jnp.log(total) - (1.0 - eps) * target_shifted - eps * jnp.mean(shifted, axis=-1)
+    value = jnp.sum(per_token * scale)
+    if not with_grads:
+        return value, None
+    # d token loss / d logits = softmax - (1-eps) onehot(target) - eps / V
+    vocab = logits.shape[-1]
+    hit = jnp.arange(vocab, dtype=targets.dtype) == targets[..., None]
+    w = scale[..., None]
+    dlogits = exp * (w / total[..., None]) - (jnp.where(hit, 1.0 - eps, 0.0) + eps / vocab) * w
+    return value, dlogits
+
+
+def _chunk_scan(h, w, b, targets, scale, eps: float, shards: _LoopShardings, unroll,
+                with_grads: bool):
+    """The loop over chunks ([chunks, S, R, C, ...] inputs). Returns (loss, dh [chunks, S, R,
+    C, D] f32, dw [V, D] f32, db [V] f32), or (loss, None, None, None) without gradients.
+    The first chunk is computed before the loop and starts the sums (no zero-filled [V, D]
+    accumulator; a single chunk has no loop at all)."""
+    wc = shards.constrain(w.astype(h.dtype), "kernel")
+
+    def chunk(h_c, t_c, s_c):  # (loss, dh, dw, db) of one chunk; dw [S, V, D], db [S, V]
+        value, dlogits = _chunk_terms(h_c, wc, b, t_c, s_c, eps, shards, with_grads)
+        if not with_grads:
+            return value, None, None, None
+        g = dlogits.astype(h.dtype)  # as autodiff of the cast logits: cotangent in h's dtype
+        dh = jnp.einsum("srcv,vd->srcd", g, wc).astype(jnp.float32)
+        dw = shards.constrain(jnp.einsum("srcv,srcd->svd", g, h_c).astype(jnp.float32), "partial")
+        db = shards.constrain(jnp.sum(dlogits, axis=(1, 2)), "partial")
+        return value, dh, dw, db
+
+    loss, dh0, dw, db = chunk(h[0], targets[0], scale[0])
+    if h.shape[0] > 1:
+        def body(carry, xs):
+            def compute(carry):
+                value, dh, dw, db = chunk(*xs)
+                if not with_grads:
+                    return (carry[0] + value,), jnp.zeros((0,), jnp.float32)
+                return (carry[0] + value, shards.constrain(carry[1] + dw, "partial"),
+                        shards.constrain(carry[2] + db, "partial")), dh
+
+            def skip(carry):  # every target of the chunk is padding: nothing to add
+                return carry, (jnp.zeros(xs[0].shape, jnp.float32) if with_grads
+                               else jnp.zeros((0,), jnp.float32))
+
+            return jax.lax.cond(jnp.any(xs[2] != 0), compute, skip, carry)
+
+        carry = (loss, dw, db) if with_grads else (loss,)
+        carry, dh_rest = jax.lax.scan(body, carry, (h[1:], targets[1:], scale[1:]),
+                                      unroll=unroll)
+        loss = carry[0]
+        if with_grads:
+            dw, db = carry[1], carry[2]
+            dh0 = jnp.concatenate([dh0[None], dh_rest])
+    elif with_grads:
+        dh0 = dh0[None]
+    if not with_grads:
+        return loss, None, None, None
+    return loss, dh0, jnp.sum(dw, axis=0), jnp.sum(db, axis=0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _chunked_ce(h, w, b, targets, scale, eps: float, shards: _LoopShardings, unroll):
+    return _chunk_scan(h, w, b, targets, scale, eps, shards, unroll, with_grads=False)[0]
+
+
+def _chunked_ce_fwd(h, w, b, targets, scale, eps, shards, unroll):
+    loss, dh, dw, db = _chunk_scan(h, w, b, targets, scale, eps, shards, unroll, with_grads=True)
+    # The empty arrays carry the input dtypes (the float32 sums are cast back to them).
+    dtypes = (jnp.zeros((0,), h.dtype), jnp.zeros((0,), w.dtype))
+    return loss, (dh, dw, db, dtypes, targets, scale)
+
+
+def _chunked_ce_bwd(eps, shards, unroll, res, g):
+    dh, dw, db, (h_like, w_like), targets, scale = res
+    float0 = np.zeros(targets.shape, jax.dtypes.float0)
+    return ((g * dh).astype(h_like.dtype), (g * dw).astype(w_like.dtype), g * db, float0,
+            jnp.zeros_like(scale))
+
+
+_chunked_ce.defvjp(_chunked_ce_fwd, _chunked_ce_bwd)
 
 
 def sequence_lm_loss(logits: jax.Array, ids: jax.Array, mask: jax.Array,

@@ -45,6 +45,10 @@ class TextEmbeddings(nn.Module):
         """x [..., hidden] -> logits [..., vocab] against the word embedding table."""
         return self.word_embeddings.attend(x)
 
+    def vocab_kernel(self) -> jax.Array:
+        """The word embedding table [vocab, hidden] (float32): the LM head's projection."""
+        return self.word_embeddings.embedding
+
 
 class TextAttention(nn.Module):
     """Self- or cross-attention followed by dense, dropout, residual and post-LayerNorm."""
@@ -227,18 +231,25 @@ class LMHead(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, embeddings: TextEmbeddings) -> jax.Array:
+    def __call__(self, x: jax.Array, embeddings: TextEmbeddings, project: bool = True):
+        """Logits [..., vocab] (float32); project=False: (the transformed states [..., hidden]
+        in the computation dtype, the tied projection [vocab, hidden], bias [vocab]), from
+        which the logits are (states . table, in the computation dtype) as float32 + bias."""
         c = self.config
         x = layers.dense(c.hidden_size, ("embed", "embed_out"), "transform", self.dtype, c.init_std)(x)
         x = layers.layer_norm(c.layer_norm_eps, "transform_norm", self.dtype)(layers.gelu(x))
         bias = self.param("bias", nn.with_logical_partitioning(
             nn.initializers.zeros_init(), ("vocab",)), (c.vocab_size,))
+        if not project:
+            return x, embeddings.vocab_kernel(), bias
         return embeddings.attend(x).astype(jnp.float32) + bias
 
 
 class TextTransformer(nn.Module):
     """ids [B, L] int32, mask [B, L] (1 = token) -> hidden states [B, L, hidden], or float32
-    LM logits [B, L, vocab] with `return_logits=True` (needs `lm_head`).
+    LM logits [B, L, vocab] with `return_logits=True` (needs `lm_head`), or with
+    `return_lm_hidden=True` the LM head's inputs to the vocabulary projection (`LMHead` with
+    project=False).
 
     `context` [B, N, C] turns cross-attention on (image-grounded modes); `causal` selects the
     decoder's causal self-attention. With `image_pair` (the NLVR2 encoder) `context` is a pair
@@ -258,7 +269,8 @@ class TextTransformer(nn.Module):
     def __call__(self, ids: jax.Array, mask: Optional[jax.Array] = None, *,
                  context: Optional[jax.Array] = None, context_mask: Optional[jax.Array] = None,
                  causal: bool = False, decode: bool = False, positions: Optional[jax.Array] = None,
-                 return_logits: bool = False, train: bool = False) -> jax.Array:
+                 return_logits: bool = False, return_lm_hidden: bool = False,
+                 train: bool = False):
         c = self.config
         if positions is None:
             positions = jnp.arange(ids.shape[1])[None, :]
@@ -283,8 +295,8 @@ class TextTransformer(nn.Module):
                           not train, self.dtype, image_pair=self.image_pair,
                           merge_pair=i >= self.pair_merge_layer,
                           name=f"layer_{i}")(x, attn_mask, context, ctx_mask)
-        if not return_logits:
+        if not (return_logits or return_lm_hidden):
             return x
         if not self.lm_head:
             raise ValueError("this text transformer has no LM head (lm_head=False)")
-        return LMHead(c, self.dtype, name="lm_head")(x, embeddings)
+        return LMHead(c, self.dtype, name="lm_head")(x, embeddings, project=not return_lm_hidden)

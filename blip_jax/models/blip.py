@@ -151,6 +151,16 @@ class Blip(nn.Module):
         return self._decoder(ids, mask, context=context, context_mask=context_mask, causal=True,
                              return_logits=True, train=train)
 
+    def lm_hidden(self, ids: jax.Array, mask: jax.Array, context: jax.Array,
+                  context_mask: Optional[jax.Array] = None,
+                  train: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """`lm_logits` stopped before the vocabulary projection: (states [B, L, hidden] after
+        the LM head's transform, in the computation dtype; the tied word-embedding table
+        [vocab, hidden]; the bias [vocab]). lm_logits = (states . table^T in the computation
+        dtype) as float32 + bias; `losses.chunked_lm_loss` takes these three."""
+        return self._decoder(ids, mask, context=context, context_mask=context_mask, causal=True,
+                             return_lm_hidden=True, train=train)
+
     def decode_logits(self, ids: jax.Array, positions: jax.Array,
                       context: Optional[jax.Array] = None) -> jax.Array:
         """Incremental decoding with the 'cache' collection (mutable). ids [B, L] are the new

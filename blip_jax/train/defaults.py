@@ -127,6 +127,13 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
     c.loss.use_image_ids = False
     c.loss.prompt = ""  # captioning prompt; its tokens are excluded from the LM loss
     c.loss.grad_accum_steps = 1
+    # The captioning (LM) loss in chunks of about this many tokens of the batch
+    # (losses.chunked_lm_loss: max(1, N // rows) text positions of every row per chunk), from
+    # the decoder's states before the vocabulary projection, never holding the [B, L, vocab]
+    # float32 logits; the same loss and gradients up to float32 summation order. 0 = the
+    # materialised logits and losses.lm_loss. 128: the tiny pre-training step runs 2x faster
+    # on CPU, base is unchanged (benchmarks/results/train_step_lm_chunk.json).
+    c.loss.lm_chunk_tokens = 128
 
     # Evaluation on data.eval_source (during training every eval.every_steps, and by
     # `python -m blip_jax.evaluate`): retrieval for task pretrain/retrieval, COCO caption

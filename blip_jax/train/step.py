@@ -46,7 +46,13 @@ class LossConfig:
     itm_negative_floor: float = 1e-4    # added to the softmax (0.0 in retrieval fine-tuning)
     itc_batch_groups: int = 1       # ITC in-batch columns per group of rows (N = N GPUs)
     prompt_length: int = 0          # LM targets to skip (captioning prompt tokens)
+    lm_chunk_tokens: int = 128      # > 0: losses.chunked_lm_loss, ~N tokens a chunk; 0: logits
     grad_accum_steps: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.lm_chunk_tokens, int) or self.lm_chunk_tokens < 0:
+            raise ValueError(f"config.loss.lm_chunk_tokens={self.lm_chunk_tokens!r}: use an "
+                             f"integer >= 0 (0 = materialised logits)")
 
     @property
     def uses_itc(self) -> bool:
@@ -112,12 +118,23 @@ def _head_losses(m: Blip, lc: LossConfig, image_tokens, image_feat, text_feat, f
         total = total + lc.itm_weight * out["loss_itm"]
     if lc.lm_weight > 0:
         dec_ids = ids[sl].at[:, 0].set(tok.DEC_ID)
-        logits = m.lm_logits(dec_ids, mask[sl], image_tokens[sl], train=train)
+        lm = _lm_loss(m, lc, dec_ids, mask[sl], image_tokens[sl], mesh, train)
         # Token-mean over the whole batch: weight this slice by its share of target tokens.
-        lm = losses.lm_loss(logits, dec_ids, mask[sl], lc.label_smoothing, lc.prompt_length)
         out["loss_lm"] = lm * _token_share(mask, sl, lc.prompt_length)
         total = total + lc.lm_weight * out["loss_lm"]
     return total, out
+
+
+def _lm_loss(m: Blip, lc: LossConfig, dec_ids, mask, image_tokens, mesh, train):
+    """The captioning loss of the rows given: from materialised [B, L, V] logits
+    (lm_chunk_tokens = 0), or chunked from the states before the vocabulary projection
+    (`losses.chunked_lm_loss`: the same value and gradients, no [B, L, V] array)."""
+    if lc.lm_chunk_tokens > 0:
+        hidden, table, bias = m.lm_hidden(dec_ids, mask, image_tokens, train=train)
+        return losses.chunked_lm_loss(hidden, table, bias, dec_ids, mask, lc.label_smoothing,
+                                      lc.prompt_length, lc.lm_chunk_tokens, mesh=mesh)
+    logits = m.lm_logits(dec_ids, mask, image_tokens, train=train)
+    return losses.lm_loss(logits, dec_ids, mask, lc.label_smoothing, lc.prompt_length)
 
 
 def _token_share(mask, sl, prompt_length):

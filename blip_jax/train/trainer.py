@@ -115,7 +115,8 @@ def loss_config(config: ml_collections.ConfigDict, steps_per_epoch: int,
         use_image_ids=lc.use_image_ids, itm_negatives=lc.itm_negatives,
         itm_negative_sim=lc.itm_negative_sim, itm_negative_floor=float(lc.itm_negative_floor),
         itc_batch_groups=groups,
-        prompt_length=prompt_length, grad_accum_steps=lc.grad_accum_steps)
+        prompt_length=prompt_length, grad_accum_steps=lc.grad_accum_steps,
+        lm_chunk_tokens=int(lc.lm_chunk_tokens))
 
 
 @dataclasses.dataclass
