@@ -103,11 +103,32 @@ def _cost(compiled) -> dict:
             "xla_argument_bytes": getattr(mem, "argument_size_in_bytes", None)}
 
 
+def _unrolled_cost(cost: dict, compile_fn) -> dict:
+    """XLA's cost analysis counts a while loop's body once: with the chunked LM loss
+    (config.loss.lm_chunk_tokens > 0) the FLOPs and bytes of the whole step come from a copy
+    compiled by `compile_fn` with the chunk loop unrolled (not timed); the loop-once figures
+    are kept as loop_body_once_*."""
+    keys = ("flops_per_step", "xla_bytes_accessed")
+    chunked = losses.chunked_lm_loss
+    losses.chunked_lm_loss = functools.partial(chunked, unroll=True)
+    try:
+        unrolled = _cost(compile_fn())
+    finally:
+        losses.chunked_lm_loss = chunked
+    return {**cost, **{"loop_body_once_" + k: cost[k] for k in keys},
+            **{k: unrolled[k] for k in keys}}
+
+
 def bench_config(name: str, batch: int, text_len: int, repeats: int) -> dict:
     c, setup, gb = _setup(name, batch, text_len)
     size = c.model.vision.image_size
     compiled = setup.step_fn.lower(setup.state, gb).compile()
     cost = _cost(compiled)
+    if c.task != "nlvr" and setup.loss.lm_weight > 0 and setup.loss.lm_chunk_tokens > 0:
+        tx, _ = optim.make_optimizer(c.optim, c.total_steps, 100)  # as trainer.build made it
+        fresh = jit_train_step(make_train_step(setup.model, tx, setup.loss, setup.schedule,
+                                               setup.mesh), setup.shardings, setup.mesh)
+        cost = _unrolled_cost(cost, lambda: fresh.lower(setup.state, gb).compile())
     flops = cost["flops_per_step"]
     state = setup.state
     state, m = compiled(state, gb)
@@ -143,17 +164,7 @@ def bench_lm_chunks(name: str, batch: int, text_len: int, repeats: int,
         compiled.append(compile_step(n))
         cost = {**_cost(compiled[-1]), "compile_seconds": time.perf_counter() - t}
         if n > 0:
-            # XLA's cost analysis counts a while loop's body once: the FLOPs and bytes of the
-            # whole step come from a copy compiled with the chunk loop unrolled (not timed).
-            chunked = losses.chunked_lm_loss
-            losses.chunked_lm_loss = functools.partial(chunked, unroll=True)
-            try:
-                unrolled = _cost(compile_step(n))
-            finally:
-                losses.chunked_lm_loss = chunked
-            cost.update({"loop_body_once_" + k: cost[k]
-                         for k in ("flops_per_step", "xla_bytes_accessed")})
-            cost.update({k: unrolled[k] for k in ("flops_per_step", "xla_bytes_accessed")})
+            cost = _unrolled_cost(cost, lambda: compile_step(n))
         costs.append(cost)
     state = setup.state
     for fn in compiled:  # warm-up: one step each
