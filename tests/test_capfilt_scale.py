@@ -8,7 +8,6 @@ import glob
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 
 import numpy as np
@@ -20,7 +19,8 @@ from blip_jax.capfilt import output, webdataset_output as wds
 from blip_jax.data import prepare, webdataset
 from blip_jax.data.sources import RecordSource
 import test_capfilt
-from test_capfilt import N_WEB, ROOT, SETTINGS, _cli, _config, _same_results
+from test_capfilt import N_WEB, SETTINGS, _cli, _config, _same_results
+from train_utils import run_two_processes
 
 env = test_capfilt.env  # its fixture: data, captioner and filter checkpoints, threshold
 
@@ -165,14 +165,7 @@ def test_two_real_processes_finish_a_one_process_run(env, uninterrupted):
     for u in range(3):
         shutil.copy(PLAN.path(ref_workdir, u), PLAN.path(workdir, u))
     command = _cli(workdir, _config(env, output_name="distributed")) + ["--config.output_format=webdataset"]
-    port = 20000 + (os.getpid() + 11) % 20000
-    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-                                       XLA_FLAGS="--xla_force_host_platform_device_count=4",
-                                       BLIP_COORDINATOR=f"127.0.0.1:{port}", BLIP_NUM_PROCESSES="2",
-                                       BLIP_PROCESS_ID=str(i))) for i in range(2)]
-    logs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), logs
+    run_two_processes(command, port=20000 + (os.getpid() + 11) % 20000, timeout=600)
     summary = output.read_json(os.path.join(workdir, output.SUMMARY_FILE))
     assert summary["processes"] == 2 and summary["images_computed_this_run"] == 10  # process 0's: 3, 5, 7
     _same_results(output.load_results(workdir, N_WEB, PER_UNIT), ref_results)

@@ -5,7 +5,6 @@ caption metrics on tiny hand-made sets."""
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import jax
@@ -17,6 +16,7 @@ from blip_jax.image import normalize
 from blip_jax.evaluation import captioning, retrieval
 from blip_jax.models import Blip
 from tests.retrieval_reference import CONFIG, all_pairs_match, random_params, two_stage_scores
+from tests.train_utils import run_two_processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_IMG, CAPS, LEN, K = 12, 3, 8, 10  # 36 texts; k=10 keeps the -100 ties out of R@1/5/10
@@ -173,17 +173,9 @@ def test_two_processes_match_one(tmp_path, setup):
     return the full matrices, equal to one process. ~25 s."""
     model, params, (images, ids, mask, _, _) = setup
     want = retrieval.retrieval_scores(model, params, images, ids, mask, k_test=K, batch_size=3)
-    port = 20000 + (os.getpid() + 7) % 20000
     out = str(tmp_path / "scores")
-    procs = [subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), out], stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-        env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-                 XLA_FLAGS="--xla_force_host_platform_device_count=4",
-                 BLIP_COORDINATOR=f"127.0.0.1:{port}", BLIP_NUM_PROCESSES="2",
-                 BLIP_PROCESS_ID=str(i))) for i in range(2)]
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), logs
+    run_two_processes([sys.executable, os.path.abspath(__file__), out],
+                      port=20000 + (os.getpid() + 7) % 20000, timeout=300)
     for i in range(2):
         got = np.load(f"{out}.{i}.npz")
         np.testing.assert_allclose(got["i2t"], want[0], **TOL)

@@ -1,5 +1,8 @@
 """Small configs and batches shared by the training tests."""
 
+import os
+import subprocess
+
 import ml_collections
 import numpy as np
 
@@ -44,3 +47,18 @@ def random_batch(batch_size: int = 16, length: int = 8, image_size: int = 32, se
         image_id = image_id // 2
     return {"image": rng.normal(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
             "text_ids": ids, "text_mask": mask, "image_id": image_id}
+
+
+def run_two_processes(command: list[str], port: int, timeout: float) -> list[str]:
+    """Runs `command` as processes 0 and 1 of a 2-process jax.distributed job over loopback
+    (4 fake CPU devices each, blip_jax.distributed's BLIP_* variables); asserts both exit 0 and
+    returns their combined stdout/stderr logs."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu",
+                                       XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                                       BLIP_COORDINATOR=f"127.0.0.1:{port}", BLIP_NUM_PROCESSES="2",
+                                       BLIP_PROCESS_ID=str(i))) for i in range(2)]
+    logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    return logs
