@@ -119,3 +119,18 @@ def test_video_recipes_are_the_originals():
     q = _config("videoqa")
     assert q.task == "videoqa" and q.data.num_frames == 16 and q.eval.vqa_inference == "rank"
     assert q.model.decoder_context == "question" and q.eval.max_images == 0
+
+
+def test_train_sources_can_be_set_on_the_command_line():
+    """The README's `--config.data.train_sources="[('NAME','SPLIT'), ...]"` parses (config_flags
+    cannot override a list field: the default is a tuple) and reaches every recipe."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    for name in ("pretrain_base", "pretrain_tiny", "nlvr_tiny"):
+        argv = ["prog", f"--config={os.path.join(ROOT, 'configs', name + '.py')}",
+                "--config.data.train_sources=[('blip_webdataset/cc12m','train'),('coco','train')]"]
+        values = flags.FlagValues()  # the overrides are read from sys_argv (default sys.argv)
+        config_flags.DEFINE_config_file("config", None, "", flag_values=values, sys_argv=argv)
+        values(argv)
+        assert values.config.data.train_sources == (("blip_webdataset/cc12m", "train"), ("coco", "train"))

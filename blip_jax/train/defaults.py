@@ -27,7 +27,9 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
     c.data = ml_collections.ConfigDict()
     c.data.data_dir = "data"
     # (dataset name, split) pairs concatenated for training.
-    c.data.train_sources = [("synthetic", "train_web"), ("synthetic", "train_clean")]
+    # A tuple, so that --config.data.train_sources="((NAME, SPLIT), ...)" overrides it (config_flags
+    # cannot override lists); recipes may assign lists (ml_collections makes them tuples).
+    c.data.train_sources = (("synthetic", "train_web"), ("synthetic", "train_clean"))
     c.data.eval_source = ("synthetic", "val")
     c.data.prepare_synthetic = True  # build the synthetic dataset on first use
     c.data.synthetic_num_images = 4000
@@ -50,6 +52,10 @@ def base_config(model_preset: str, **model_changes) -> ml_collections.ConfigDict
     c.data.vg_answer_weight = 0.2
     c.data.synthetic_vqa_questions_per_image = 6  # the "synthetic_vqa" dataset alias
     c.data.synthetic_nlvr_statements_per_pair = 2  # the "synthetic_nlvr" alias (pairs: synthetic_num_images)
+    # ... its statement templates and how they name shapes, comma-separated subsets of
+    # synthetic_nlvr.TEMPLATES and DESC_TYPES (these defaults: all of them)
+    c.data.synthetic_nlvr_templates = "side_has,side_count,count_compare,same_count,both,exactly_one,neither"
+    c.data.synthetic_nlvr_descriptions = "color,kind,color_kind,size_kind"
     c.data.nlvr_swap = True  # task nlvr: swap the two images and the words left/right with p 0.5 (the original)
     # Video (zero-shot video retrieval and video QA; blip_jax/data/video_pipeline.py): frames read
     # per video (the original: 8 for MSRVTT retrieval; the paper's video QA: 16), squash-resized to
