@@ -91,6 +91,28 @@ def test_scores_match_numpy_protocol(setup, texts_per_group):
         assert metrics[key] == pytest.approx(value, abs=1e-9), key
 
 
+def test_rerank_cuts_text_padding(setup, monkeypatch):
+    """Token columns past every text of a re-rank step are cut (rounded up to text_multiple):
+    the same scores as at the full padded length and as the NumPy protocol on unpadded texts."""
+    model, params, (images, ids, mask, _, _) = setup
+    mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
+    wide_ids, wide_mask = (np.pad(a, ((0, 0), (0, 6))) for a in (ids, mask))  # 14 columns, 8 used
+    widths = []
+    cut = retrieval.text_width
+    monkeypatch.setattr(retrieval, "text_width", lambda *a: widths.append(cut(*a)) or widths[-1])
+    want = _numpy_protocol(model, params, images, ids, mask, K)
+    for multiple, expected in ((0, {14}), (8, {8}), (3, {9})):
+        widths.clear()
+        got = retrieval.retrieval_scores(model, params, images, wide_ids, wide_mask, k_test=K,
+                                         batch_size=16, texts_per_group=16, mesh=mesh,
+                                         text_multiple=multiple)
+        assert set(widths) == expected, (multiple, widths)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, **TOL)
+    assert cut(np.array([3, 5]), 35, 8) == 8 and cut(np.array([33]), 35, 8) == 35
+    assert cut(np.array([], int), 35, 8) == 35 and cut(np.array([3]), 35, 0) == 35
+
+
 def test_sharded_equals_single_device(setup):
     """8 devices (data 2 x fsdp 2 x tensor 2), float32 images, padded last chunks == 1 device
     with uint8 images; k_test larger than the image count is capped (t2i re-ranks all 12)."""

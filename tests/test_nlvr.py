@@ -146,6 +146,9 @@ def test_train_keeps_the_best_model_and_evaluate_scores_it(tmp_path, capsys):
     r = evaluate.run(c, str(run / "model_best"), split="test")
     assert r["num_examples"] == 20 and r["metrics"]["unclassified"] == 0
     assert 0 <= r["metrics"]["accuracy"] <= 100 and r["metrics"]["majority_label_accuracy"] == 50.0
+    per_template = {k[len("accuracy_"):] for k in r["metrics"] if k.startswith("accuracy_")}
+    from blip_jax.data import synthetic_nlvr
+    assert per_template and per_template <= set(synthetic_nlvr.TEMPLATES)  # the synthetic report
     assert "image pairs with a sentence" in capsys.readouterr().out
     records = json.loads((run / "model_best" / "nlvr_result_test.json").read_text())
     assert len(records) == 20 and {"identifier", "prediction", "label"} <= set(records[0])

@@ -96,6 +96,29 @@ def test_synthetic_labels_hold_are_balanced_and_deterministic():
         assert abs(2 * sum(labels) - len(labels)) <= 1, labels
 
 
+def test_synthetic_template_and_description_subsets():
+    """The task can be narrowed to some templates and ways of naming a shape (the tiny recipe
+    names shapes by colour): only those are drawn, labels still hold and balance, the dataset
+    gets its own name, and a name outside the lists is refused."""
+    cfg = sn.SyntheticNlvrConfig(num_images=40, eval_images=40, image_size=64,
+                                 templates=("side_has", "both", "same_count"), descriptions=["color"])
+    assert cfg.descriptions == ("color",)
+    assert cfg.name == "n40_e40_s2_seed0_px64_tside_has-both-same_count_dcolor"
+    assert sn.SyntheticNlvrConfig(num_images=40, eval_images=40, image_size=64).name == "n40_e40_s2_seed0_px64"
+    statements = [(ex, s) for ex in sn.generate(cfg, "val") for s in ex.statements]
+    assert {s.template for _, s in statements} == set(cfg.templates)
+    assert sum(s.label for _, s in statements) * 2 == len(statements) == 80
+    for ex, s in statements:
+        assert sn.true_label(*ex.scenes, s.sentence) == s.label
+        claim = sn.parse_statement(s.sentence)
+        if claim.desc is not None:  # "a red shape": the colour and nothing else
+            assert claim.desc.color and claim.desc.kind is None and claim.desc.size is None, s
+    for bad in (dict(descriptions=("colour",)), dict(templates=()), dict(templates=("both", "both")),
+                dict(templates=("both",), statements_per_pair=2)):
+        with pytest.raises(ValueError, match="templates|descriptions|statements_per_pair"):
+            sn.SyntheticNlvrConfig(num_images=4, **bad)
+
+
 def test_synthetic_labels_match_the_pixels():
     """Labels recomputed from what the decoded JPEGs show (colour masks: kind, size), not from
     the generator's scenes."""
@@ -399,3 +422,7 @@ def test_trainer_input_builds_the_nlvr_loader_from_the_synthetic_alias(tmp_path,
     c.data.nlvr_swap, c.data.max_words = False, 40
     train_input.TrainData(c)
     assert (seen["swap"], seen["max_words"], seen["flip"], seen["global_batch_size"]) == (False, 40, "plain", 4)
+    c.data.synthetic_nlvr_templates, c.data.synthetic_nlvr_descriptions = "side_has, both", "color"
+    assert train_input.TrainData(c).sources == [(prepare.synthetic_nlvr_dataset_name(
+        num_images=8, eval_images=2, statements_per_pair=2, seed=0, templates=("side_has", "both"),
+        descriptions=("color",)), "train")]

@@ -419,6 +419,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--questions_per_image", type=int, default=3, help="synthetic_vqa: questions per image")
     p.add_argument("--statements_per_pair", type=int, default=2,
                    help="synthetic_nlvr: statements per image pair (half of them true)")
+    p.add_argument("--templates", default=",".join(synthetic_nlvr.TEMPLATES),
+                   help="synthetic_nlvr: the statement templates, a comma-separated subset of the default")
+    p.add_argument("--descriptions", default=",".join(synthetic_nlvr.DESC_TYPES),
+                   help="synthetic_nlvr: how statements name a shape, a comma-separated subset of "
+                        f"{','.join(synthetic_nlvr.DESC_TYPES)} (colour, kind, both, size and kind)")
     p.add_argument("--clips", type=int, default=100, help="synthetic_video: val and test clips each")
     p.add_argument("--frames_per_clip", type=int, default=16, help="synthetic_video: frames per clip (8 fps)")
     p.add_argument("--captions_per_clip", type=int, default=1, help="synthetic_video: captions per clip")
@@ -466,7 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.source == "synthetic_nlvr":
         kwargs = dict(num_images=2000 if args.num_images is None else args.num_images,
                       eval_images=args.eval_images, seed=args.seed,
-                      statements_per_pair=args.statements_per_pair, image_size=args.image_size)
+                      statements_per_pair=args.statements_per_pair, image_size=args.image_size,
+                      templates=tuple(t.strip() for t in args.templates.split(",")),
+                      descriptions=tuple(d.strip() for d in args.descriptions.split(",")))
     if args.source == "synthetic_video":
         kwargs = dict(clips=args.clips, frames=args.frames_per_clip, captions_per_clip=args.captions_per_clip,
                       questions_per_clip=args.questions_per_clip, image_size=args.image_size, seed=args.seed)

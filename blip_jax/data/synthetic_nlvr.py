@@ -18,7 +18,9 @@ both 14.5%, exactly_one 14.1%, neither 15.0%:
   triangle";
 - neither: "neither image has a green shape", "there is no big cross in either image".
 Shapes are named by colour ("a red shape"), kind ("a star"), colour and kind ("a blue
-triangle") or size and kind ("a big circle"), a quarter each. 3/7 of the statements name a side
+triangle") or size and kind ("a big circle"), a quarter each. SyntheticNlvrConfig.templates and .descriptions narrow
+the task to some templates and ways of naming (the tiny recipe: colour only, which a 64 px
+two-layer ViT perceives; the defaults, everything above, keep the dataset's name). 3/7 of the statements name a side
 (side_has, side_count, count_compare), so the pair swap of the input pipeline (images swapped,
 the words left/right swapped) matters; none states where shapes lie within an image, so
 mirroring one image never changes a label.
@@ -219,13 +221,14 @@ class _Slot:
     label: bool
 
 
-def _plan_slot(template: str, label: bool, rng: np.random.Generator) -> _Slot:
+def _plan_slot(template: str, label: bool, rng: np.random.Generator,
+               desc_types: Sequence[str] = DESC_TYPES) -> _Slot:
     claim = Claim(template, int(rng.integers(len(PHRASINGS[template]))),
                   str(rng.choice(SIDES)) if template in SIDED else "")
     more = bool(rng.random() < 0.5)
     if template == "count_compare":
         claim = dataclasses.replace(claim, more=more)
-    return _Slot(claim, str(rng.choice(DESC_TYPES)) if template in DESC_TEMPLATES else "", label)
+    return _Slot(claim, str(rng.choice(desc_types)) if template in DESC_TEMPLATES else "", label)
 
 
 def _options(slot: _Slot, scene0: Scene, scene1: Scene, strict: bool) -> list[Claim]:
@@ -273,18 +276,29 @@ class SyntheticNlvrConfig(SplitsMixin):
     statements_per_pair: int = 2     # NLVR2 has up to two sentences per pair
     image_size: int = 96             # as synthetic.SyntheticConfig
     seed: int = 0
+    templates: tuple[str, ...] = TEMPLATES      # the statement templates drawn (TEMPLATES)
+    descriptions: tuple[str, ...] = DESC_TYPES  # how statements may name a shape (DESC_TYPES)
 
     def __post_init__(self) -> None:
         self._check_splits()
-        if not 1 <= self.statements_per_pair <= len(TEMPLATES):
-            raise ValueError(f"statements_per_pair must be in [1, {len(TEMPLATES)}] (one per template), "
+        for field, allowed in (("templates", TEMPLATES), ("descriptions", DESC_TYPES)):
+            value = tuple(getattr(self, field))
+            object.__setattr__(self, field, value)
+            if not value or any(v not in allowed for v in value) or len(set(value)) < len(value):
+                raise ValueError(f"{field} must be a non-empty subset of {allowed} without repeats, "
+                                 f"got {value}")
+        if not 1 <= self.statements_per_pair <= len(self.templates):
+            raise ValueError(f"statements_per_pair must be in [1, {len(self.templates)}] (one per template), "
                              f"got {self.statements_per_pair}")
 
     @property
     def name(self) -> str:
         """TFDS config name: every parameter that changes the data is in it."""
+        # Only choices away from the defaults are named, so the default task keeps its name.
+        templates = "" if self.templates == TEMPLATES else "_t" + "-".join(self.templates)
+        descriptions = "" if self.descriptions == DESC_TYPES else "_d" + "-".join(self.descriptions)
         return (f"n{self.num_images}_e{self.split_sizes()['val']}_s{self.statements_per_pair}_seed{self.seed}"
-                f"_px{self.image_size}")
+                f"_px{self.image_size}{templates}{descriptions}")
 
     def first_pair_id(self, split: str) -> int:
         """Pair ids are unique across splits (train, val, test in turn)."""
@@ -305,8 +319,10 @@ def _labels(cfg: SyntheticNlvrConfig, code: int, index: int, rng: np.random.Gene
 def example_at(cfg: SyntheticNlvrConfig, split: str, index: int) -> Example:
     code = SPLIT_CODES[split]
     plan_rng = np.random.default_rng([cfg.seed, code, index, 0])
-    templates = [TEMPLATES[int(i)] for i in plan_rng.choice(len(TEMPLATES), cfg.statements_per_pair, replace=False)]
-    slots = [_plan_slot(t, label, plan_rng) for t, label in zip(templates, _labels(cfg, code, index, plan_rng))]
+    templates = [cfg.templates[int(i)]
+                 for i in plan_rng.choice(len(cfg.templates), cfg.statements_per_pair, replace=False)]
+    slots = [_plan_slot(t, label, plan_rng, cfg.descriptions)
+             for t, label in zip(templates, _labels(cfg, code, index, plan_rng))]
     # The scenes: the second drawn until every planned statement can take its label for the
     # pair; a first scene that keeps failing (one shape, when the left must have more) is redrawn.
     first_rng, second_rng = (np.random.default_rng([cfg.seed, code, index, i]) for i in (1, 2))
@@ -327,9 +343,10 @@ def example_at(cfg: SyntheticNlvrConfig, split: str, index: int) -> Example:
     for k, slot in enumerate(slots):
         options = _options(slot, scene0, scene1, strict=False)
         if not options:  # this pair cannot take the template with this label: another one can
-            spare = [t for t in TEMPLATES if t not in templates]
+            spare = [t for t in cfg.templates if t not in templates]
             for t in (spare[int(i)] for i in rng.permutation(len(spare))):
-                options = _options(_plan_slot(t, slot.label, rng), scene0, scene1, strict=False)
+                options = _options(_plan_slot(t, slot.label, rng, cfg.descriptions), scene0, scene1,
+                                   strict=False)
                 if options:
                     templates.append(t)
                     break

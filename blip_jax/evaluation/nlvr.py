@@ -95,4 +95,20 @@ def evaluate_nlvr(config: ml_collections.ConfigDict, model: Blip, params: Any, d
         c = consistency(records)
         if c is not None:
             out["consistency"] = c
+        out.update(accuracy_by_template(records))
     return out
+
+
+def accuracy_by_template(records: list[dict]) -> dict[str, float]:
+    """{"accuracy_<template>": percent} when every sentence is one of the synthetic task's
+    statements (blip_jax/data/synthetic_nlvr.py), else {}: which kinds of statement a model
+    gets right (the tiny model reads colours in either image, not counts)."""
+    from blip_jax.data import synthetic_nlvr
+
+    by_template: dict[str, list[bool]] = collections.defaultdict(list)
+    for r in records:
+        claim = synthetic_nlvr.parse_statement(r["sentence"])
+        if claim is None:
+            return {}
+        by_template[claim.template].append(r["prediction"] == r["label"])
+    return {f"accuracy_{t}": 100.0 * float(np.mean(v)) for t, v in sorted(by_template.items())}

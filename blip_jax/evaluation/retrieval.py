@@ -353,12 +353,22 @@ def _gather_rows(local: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
     return np.concatenate([every[p, :n] for p, n in enumerate(sizes)])
 
 
+def text_width(lengths: np.ndarray, full: int, multiple: int) -> int:
+    """Token columns a re-rank step needs: its longest text rounded up to `multiple` (a few
+    program shapes), at most `full`; multiple 0 keeps `full`. Columns past every text's end are
+    padding that attention masks out, so cutting them changes no score beyond float rounding."""
+    if multiple <= 0 or len(lengths) == 0:
+        return full
+    return min(full, -(-max(int(lengths.max()), 1) // multiple) * multiple)
+
+
 def _group_match(model: Blip, params, visual_tokens: jax.Array, groups: PairGroups,
                  enc_ids: np.ndarray, text_mask: np.ndarray, groups_per_shard: int,
-                 mesh: Mesh) -> np.ndarray:
+                 mesh: Mesh, text_multiple: int = 8) -> np.ndarray:
     """ITM match logits of every group slot, float32 [U * G], identical on every process (each
     runs a contiguous share of the groups in fixed-size steps, the longest share deciding their
-    number; the shares are gathered)."""
+    number; the shares are gathered). Each step's texts are cut to `text_width` of the longest
+    text any process has in that step, so all processes run the same program."""
     itm = _programs(model, mesh)["itm"]
     g = groups.texts.shape[1]
     count, pid = jax.process_count(), jax.process_index()
@@ -367,13 +377,18 @@ def _group_match(model: Blip, params, visual_tokens: jax.Array, groups: PairGrou
     lo, hi = shares[pid]
     steps = -(-max(b - a for a, b in shares) // local)
     spec = P(parallel.BATCH_AXES)
+    # Tokens up to each text's last unmasked one (masks are [1..1 0..0] as tokenized).
+    lengths = np.where(text_mask.any(1), text_mask.shape[1] - np.argmax(text_mask[:, ::-1] != 0, 1), 0)
     results = []
     for s in range(steps):  # dispatched asynchronously; read back after the loop
         sl = slice(lo + s * local, min(hi, lo + (s + 1) * local))
         visual = _padded(groups.visual[sl], local)
         texts = _padded(groups.texts[sl], local).ravel()
-        batch = parallel.global_batch({"visual": visual, "ids": enc_ids[texts],
-                                       "mask": text_mask[texts]}, mesh)
+        step_texts = np.concatenate([groups.texts[a + s * local:min(b, a + (s + 1) * local)].ravel()
+                                     for a, b in shares])
+        width = text_width(lengths[step_texts], text_mask.shape[1], text_multiple)
+        batch = parallel.global_batch({"visual": visual, "ids": enc_ids[texts, :width],
+                                       "mask": text_mask[texts, :width]}, mesh)
         results.append(itm(params, visual_tokens, batch["visual"], batch["ids"], batch["mask"]))
     out = [np.asarray(multihost_utils.global_array_to_host_local_array(r, mesh, spec))
            for r in results]
@@ -399,7 +414,8 @@ def retrieval_scores(model: Blip, params, images: np.ndarray, text_ids: np.ndarr
                      text_mask: np.ndarray, *, k_test: int, batch_size: int = 64,
                      texts_per_group: int = 16, mesh: Optional[Mesh] = None,
                      timings: Optional[dict[str, float]] = None,
-                     features: Optional[Features] = None) -> tuple[np.ndarray, np.ndarray]:
+                     features: Optional[Features] = None,
+                     text_multiple: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """BLIP's two-stage retrieval scores.
 
     images: float32 normalised [N_img, H, W, 3] (uint8 pixels are accepted and normalised chunk by
@@ -417,6 +433,8 @@ def retrieval_scores(model: Blip, params, images: np.ndarray, text_ids: np.ndarr
     timings: if given, receives wall seconds of each stage: itc_features, similarity (top-k),
     itm_rerank, gather. features: `visual_text_features` of these inputs on this mesh, computed
     earlier (a benchmark comparing re-rank settings computes them once); None computes them.
+    text_multiple: each re-rank step's texts are cut past their longest one, rounded up to this
+    many tokens (`text_width`; 0: every step at the full padded length, as the original).
     """
     clock = _Clock(timings)
     if k_test < 1:
@@ -452,7 +470,7 @@ def retrieval_scores(model: Blip, params, images: np.ndarray, text_ids: np.ndarr
                          f"divisible by the {jax.process_count()} processes; change batch_size or "
                          f"texts_per_group")
     match = _group_match(model, params, feats.image_tokens, groups, enc_ids, text_mask,
-                         per_shard, mesh)
+                         per_shard, mesh, text_multiple)
     clock("itm_rerank")
     i2t_match = _lookup(groups, match, np.repeat(np.arange(n_img), k_txt), idx_i2t.ravel(), n_txt)
     t2i_match = _lookup(groups, match, idx_t2i.ravel(), np.repeat(np.arange(n_txt), k_img), n_txt)

@@ -33,10 +33,17 @@ def _synthetic_vqa_kwargs(data: ml_collections.ConfigDict) -> dict:
                 seed=data.synthetic_seed)
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """'a, b,c' -> ('a', 'b', 'c')."""
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
 def _synthetic_nlvr_kwargs(data: ml_collections.ConfigDict) -> dict:
     return dict(num_images=data.synthetic_num_images,
                 eval_images=data.synthetic_eval_images or None,
                 statements_per_pair=data.synthetic_nlvr_statements_per_pair,
+                templates=_names(data.synthetic_nlvr_templates),
+                descriptions=_names(data.synthetic_nlvr_descriptions),
                 seed=data.synthetic_seed)
 
 
