@@ -18,9 +18,10 @@ both 14.5%, exactly_one 14.1%, neither 15.0%:
   triangle";
 - neither: "neither image has a green shape", "there is no big cross in either image".
 Shapes are named by colour ("a red shape"), kind ("a star"), colour and kind ("a blue
-triangle") or size and kind ("a big circle"), a quarter each. SyntheticNlvrConfig.templates and .descriptions narrow
-the task to some templates and ways of naming (the tiny recipe: colour only, which a 64 px
-two-layer ViT perceives; the defaults, everything above, keep the dataset's name). 3/7 of the statements name a side
+triangle") or size and kind ("a big circle"), a quarter each. SyntheticNlvrConfig.templates
+and .descriptions narrow the task to some templates and ways of naming (the tiny recipe: colour
+only, which a 64 px two-layer ViT perceives; the defaults, everything above, keep the dataset's
+name). 3/7 of the statements name a side
 (side_has, side_count, count_compare), so the pair swap of the input pipeline (images swapped,
 the words left/right swapped) matters; none states where shapes lie within an image, so
 mirroring one image never changes a label.
