@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "tensorboard==2.21.0",
     "tokenizers==0.23.3",
     "safetensors==0.8.0",
+    "filelock==4.3.1",  # jax's compilation cache locks its directory (blip_jax/compilation_cache.py)
     "pillow==12.3.0",  # apache-beam 2.77 needs pillow<13 (as protobuf<7, pyarrow<26 below)
     "av==18.1.0",  # PyAV (FFmpeg): video decoding and the synthetic clips' encoding (libx264)
     "numpy==2.4.6",

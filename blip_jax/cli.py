@@ -14,6 +14,7 @@ file), recognised without a class hierarchy the library would have to adopt:
 absl commands (`run_absl`) also turn an unknown `--config.KEY` override, which ml_collections
 rejects with a bare AttributeError/KeyError before any project code runs, into the project's
 own key-check error (naming the valid keys), and a missing --config file into one line.
+Both turn on the persistent compilation cache (blip_jax/compilation_cache.py) first.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import re
 import sys
 import traceback
 from typing import Any, Callable, Optional, Sequence
+
+from blip_jax import compilation_cache
 
 USER_ERROR_EXIT = 2
 
@@ -75,6 +78,7 @@ def entry_point(main: Callable[..., int]) -> Callable[..., int]:
     @functools.wraps(main)
     def wrapped(*args: Any, **kwargs: Any) -> int:
         try:
+            compilation_cache.enable()
             return main(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - report() re-raises anything that is not a user error
             return report(e)
@@ -113,6 +117,7 @@ def run_absl(main: Callable[[list[str]], Any],
         return rest
 
     try:
+        compilation_cache.enable()
         app.run(main, flags_parser=parse)
     except Exception as e:  # noqa: BLE001 - report() re-raises anything that is not a user error
         sys.exit(report(e))
