@@ -238,6 +238,8 @@ def main() -> int:
                    help="comma-separated config.loss.lm_chunk_tokens values (e.g. 0,64,128,256): "
                         "time the pre-training step with each, interleaved; results go to "
                         "train_step_lm_chunk.json")
+    p.add_argument("--result", default="",
+                   help="results file name (default train_step, or nlvr_train_step)")
     args = p.parse_args()
     peak = matmul_peak()
     if args.lm_chunk_tokens:
@@ -262,8 +264,8 @@ def main() -> int:
     out = {"matmul_peak_flops_per_sec": peak, "peak_rss_bytes": peak_rss, "rows": rows,
            "platform": platform.platform(), "devices": str(jax.devices()[0])}
     names = args.configs.split(",")
-    common.write_result("nlvr_train_step" if all(n.startswith("nlvr") for n in names)
-                        else "train_step", out)
+    common.write_result(args.result or ("nlvr_train_step" if all(n.startswith("nlvr") for n in names)
+                                        else "train_step"), out)
     return 0
 
 
