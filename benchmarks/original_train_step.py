@@ -61,6 +61,7 @@ import platform
 import random
 import resource
 import shlex
+import shutil
 import socket
 import statistics
 import subprocess
@@ -74,7 +75,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import torch
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from common import RESULTS_DIR  # stdlib-only at import: no jax in this venv
+
 VOCAB_SIZE = 30522  # bert-base-uncased
 
 
@@ -204,6 +206,7 @@ def main() -> int:
                 med_config=os.path.join(args.blip_dir, "configs", "bert_config.json"),
                 image_size=args.image_size, vit=args.vit, vit_grad_ckpt=False,
                 vit_ckpt_layer=0, queue_size=args.queue_size)
+        shutil.rmtree(vocab_dir)  # the tokenizer has read it
         model.train()
         build_s = time.perf_counter() - t
         assert len(model.tokenizer) == VOCAB_SIZE + 2, len(model.tokenizer)
@@ -229,20 +232,17 @@ def main() -> int:
         batches = [captions() for _ in range(args.warmup + args.repeats + 1)]
         text_len = model.tokenizer(batches[0], padding="max_length", truncation=True,
                                    max_length=30, return_tensors="pt").input_ids.shape[1]
-        warm_times, times, first_losses = [], [], None
-        for i in range(args.warmup):
+        all_times = []
+        for i in range(args.warmup + args.repeats):
             t = time.perf_counter()
             losses = step(batches[i])
-            warm_times.append(time.perf_counter() - t)
-            first_losses = first_losses or losses
-        for i in range(args.repeats):
-            t = time.perf_counter()
-            losses = step(batches[args.warmup + i])
-            times.append(time.perf_counter() - t)
-            first_losses = first_losses or losses
+            all_times.append(time.perf_counter() - t)
+            if i == 0:
+                first_losses = losses
         if not all(np.isfinite(losses)):
             raise RuntimeError(f"non-finite losses {losses}")
-        flops = float("nan")
+        warm_times, times = all_times[:args.warmup], all_times[args.warmup:]
+        flops = None
         if not args.no_flop_count:
             from torch.utils.flop_counter import FlopCounterMode
             counter = FlopCounterMode(display=False)
@@ -260,8 +260,8 @@ def main() -> int:
            "step_seconds_all": times, "warmup_seconds_all": warm_times,
            "examples_per_sec": args.batch / med_s,
            "flops_per_step_torch_counter": flops,
-           "achieved_flops_per_sec": flops / med_s,
-           "ratio_to_matmul_peak": flops / med_s / peak,
+           "achieved_flops_per_sec": flops / med_s if flops else None,
+           "ratio_to_matmul_peak": flops / med_s / peak if flops else None,
            "first_losses_ita_itm_lm": first_losses, "last_losses_ita_itm_lm": losses,
            "params": n_params, "trainable_params": n_trainable, "model_build_seconds": build_s}
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -273,8 +273,8 @@ def main() -> int:
     r = row
     print(f"{r['model']:22} {r['batch']:>5} {r['image_size']:>4} {r['text_len']:>3} "
           f"{r['queue_size']:>6} {med_s:>8.3f} {min(times):>7.3f} {r['examples_per_sec']:>7.2f} "
-          f"{flops / 1e9:>10.2f} {r['achieved_flops_per_sec'] / 1e9:>8.1f} "
-          f"{100 * r['ratio_to_matmul_peak']:>5.1f}%")
+          + (f"{flops / 1e9:>10.2f} {r['achieved_flops_per_sec'] / 1e9:>8.1f} "
+             f"{100 * r['ratio_to_matmul_peak']:>5.1f}%" if flops else f"{'-':>10} {'-':>8} {'-':>6}"))
     print("losses (ita, itm, lm) of the first step: "
           + ", ".join(f"{x:.3f}" for x in first_losses)
           + "; of the last timed step: " + ", ".join(f"{x:.3f}" for x in losses))
@@ -287,8 +287,8 @@ def main() -> int:
            "flops_note": "torch.utils.flop_counter count (matmul/conv/attention only) of one "
                          "untimed step; XLA's cost analysis in train_step.json counts all ops"}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:  # NaN (no FLOP count) as null: strict JSON
-        json.dump(json.loads(json.dumps(out), parse_constant=lambda _: None), f, indent=2)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=2)
     print(f"wrote {args.out}")
     return 0
 

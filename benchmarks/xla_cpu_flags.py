@@ -41,15 +41,6 @@ DEFAULT_SETTINGS = ";".join([
 ])
 
 
-def _timed(fn, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
-
-
 def child(args) -> None:
     """Runs under the setting's XLA_FLAGS; prints one JSON line."""
     import jax
@@ -62,7 +53,7 @@ def child(args) -> None:
     t = time.perf_counter()
     mm(a).block_until_ready()
     mm_compile = time.perf_counter() - t
-    mm_times = _timed(lambda: mm(a).block_until_ready(), args.repeats)
+    mm_times = common.median_time(lambda: mm(a).block_until_ready(), args.repeats)[1]
 
     config = preset(args.config)
     config = config.replace(vision=dataclasses.replace(config.vision, image_size=args.image_size))
@@ -74,7 +65,7 @@ def child(args) -> None:
     t = time.perf_counter()
     out = vit(params, images).block_until_ready()
     vit_compile = time.perf_counter() - t
-    vit_times = _timed(lambda: vit(params, images).block_until_ready(), args.repeats)
+    vit_times = common.median_time(lambda: vit(params, images).block_until_ready(), args.repeats)[1]
     np.save(args.child_out, np.asarray(out))
     print(json.dumps({"matmul": mm_times, "vit": vit_times, "matmul_compile": mm_compile,
                       "vit_compile": vit_compile}))
@@ -127,6 +118,7 @@ def main() -> int:
     times = {s: {"matmul": [], "vit": [], "compile": []} for s in settings + ["torch"]}
     failed: dict[str, str] = {}
     diffs: dict[str, float] = {}
+    first = None
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
             for i, s in enumerate(settings):
@@ -148,10 +140,11 @@ def main() -> int:
                 times[s]["matmul"] += res["matmul"]
                 times[s]["vit"] += res["vit"]
                 times[s]["compile"].append(res["vit_compile"])
-                first = np.load(os.path.join(tmp, "0.npy"))
+                if first is None:  # the first setting that ran: the others' reference
+                    first = np.load(out_path)
                 diffs[s] = float(np.max(np.abs(np.load(out_path) - first)))
-            times["torch"]["matmul"] += _timed(mm_torch, args.repeats)
-            times["torch"]["vit"] += _timed(vit_torch, args.repeats)
+            times["torch"]["matmul"] += common.median_time(mm_torch, args.repeats)[1]
+            times["torch"]["vit"] += common.median_time(vit_torch, args.repeats)[1]
     flops = 2 * args.size ** 3
     t_vit = statistics.median(times["torch"]["vit"])
     t_mm = statistics.median(times["torch"]["matmul"])
