@@ -452,3 +452,23 @@ def test_top_k_filter_keeps_the_k_largest_with_ties():
             kept = np.isfinite(np.asarray(top_k(jnp.asarray(x))))
             kth = -np.sort(-x, axis=-1)[:, k - 1:k]
             np.testing.assert_array_equal(kept, (x >= kth) & np.isfinite(x), err_msg=f"{trial} {k}")
+
+
+@pytest.mark.parametrize("method", ["beam", "greedy", "nucleus"])
+def test_no_vocabulary_sort_in_compiled_decoding(method):
+    """No decoding method compiles to a sort of the vocabulary: on XLA:CPU a sort of the beam
+    search's [B, K*V] scores took 30x the rest of a tiny model's decoding (27 s against 0.9 s
+    for 100 images) where the TopK custom call (or nucleus's bisection) does the same job."""
+    model, params, ctx = _tiny_decoder()
+    prefix = jnp.array([tok.DEC_ID, 1037, 3861])
+    options = dict(max_length=12, min_length=5, repetition_penalty=1.1)
+    if method == "beam":
+        fn, args = decoding.beam_search, dict(num_beams=3, **options)
+    elif method == "greedy":
+        fn, args = decoding.greedy_decode, options
+    else:
+        fn, args = decoding.nucleus_sample, dict(top_p=0.9, top_k=50, **options)
+    extra = (jax.random.key(0),) if method == "nucleus" else ()
+    hlo = fn.lower(model, params, ctx, prefix, *extra, **args).compile().as_text()
+    sorts = [line for line in hlo.splitlines() if " sort(" in line]
+    assert not sorts, sorts[:2]
