@@ -312,10 +312,13 @@ def beam_search(model: Blip, params, context: jax.Array, prefix: jax.Array, *, n
                                    repetition_penalty)
         logp = _ban_end_before(logp, length, min_length)
         total = (logp.reshape(batch, k, vocab) + running_scores[..., None]).reshape(batch, -1)
-        # The barrier keeps XLA:CPU from fusing away the slices of its top_k decomposition,
+        # The barriers keep XLA:CPU from fusing away the slices of its top_k decomposition,
         # which leaves a full stable sort of the [B, K*V] scores instead of the TopK call:
-        # 30x slower decoding at tiny scale (tests/test_decoding.py, no vocabulary sort).
-        cand_scores, flat = jax.lax.optimization_barrier(jax.lax.top_k(total, 2 * k))  # [B, 2K]
+        # 30x slower decoding at tiny scale (tests/test_decoding.py, no vocabulary sort). One
+        # barrier per output: one on the (values, indices) pair crashes XLA under pmap.
+        cand_scores, flat = jax.lax.top_k(total, 2 * k)  # [B, 2K]
+        cand_scores = jax.lax.optimization_barrier(cand_scores)
+        flat = jax.lax.optimization_barrier(flat)
         origin, token = flat // vocab, (flat % vocab).astype(jnp.int32)
         cand = jnp.where(positions == length, token[..., None], _gather(running, origin))
         last = length + 1 >= max_length
