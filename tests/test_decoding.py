@@ -463,12 +463,12 @@ def test_no_vocabulary_sort_in_compiled_decoding(method):
     prefix = jnp.array([tok.DEC_ID, 1037, 3861])
     options = dict(max_length=12, min_length=5, repetition_penalty=1.1)
     if method == "beam":
-        fn, args = decoding.beam_search, dict(num_beams=3, **options)
+        fn, rng, args = decoding.beam_search, (), dict(num_beams=3, **options)
     elif method == "greedy":
-        fn, args = decoding.greedy_decode, options
+        fn, rng, args = decoding.greedy_decode, (), options
     else:
-        fn, args = decoding.nucleus_sample, dict(top_p=0.9, top_k=50, **options)
-    extra = (jax.random.key(0),) if method == "nucleus" else ()
-    hlo = fn.lower(model, params, ctx, prefix, *extra, **args).compile().as_text()
+        fn, rng, args = decoding.nucleus_sample, (jax.random.key(0),), dict(top_p=0.9, top_k=50,
+                                                                            **options)
+    hlo = fn.lower(model, params, ctx, prefix, *rng, **args).compile().as_text()
     sorts = [line for line in hlo.splitlines() if " sort(" in line]
     assert not sorts, sorts[:2]
