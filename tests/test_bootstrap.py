@@ -83,12 +83,12 @@ def test_reduced_bootstrap_experiment(tmp_path):
     # clips of 8 frames, one caption each. Chance: R@1/5/10 = 1/5/10% (r_mean 5.3, standard
     # deviation 1.2 over random rankings, so 15 is 8 deviations above) and median rank 50.5;
     # this model measured r_mean 27.8, median rank 12.
-    from blip_jax import evaluate
-    from blip_jax.experiments import tiny
-    cv = tiny.video_retrieval()
-    cv.data.data_dir = str(tmp_path / "video_data")
-    video = evaluate.run(cv, str(workdir / "seed0" / "retrieval_baseline" / "model"),
-                         output=str(tmp_path / "video.json"))["metrics"]
+    from train_utils import run_module_on_one_device
+    run_module_on_one_device("blip_jax.evaluate", f"--config={ROOT}/configs/retrieval_video_tiny.py",
+                             f"--config.data.data_dir={tmp_path / 'video_data'}",
+                             f"--checkpoint={workdir / 'seed0' / 'retrieval_baseline' / 'model'}",
+                             f"--output={tmp_path / 'video.json'}")
+    video = json.loads((tmp_path / "video.json").read_text())["metrics"]
     assert video["r_mean"] > 15 and video["vid_mdR"] < 30, video
 
     # A rerun finds the seed finished and recomputes nothing but the table.

@@ -9,24 +9,15 @@ recipe and its per-template results are in the README (Visual reasoning)."""
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
+from train_utils import run_module_on_one_device as _run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN_STEPS = 600    # configs/pretrain_tiny.py's default run, which the task was designed on
                         # (after 300 pre-training steps the same run reached 54.0%: fails)
 NLVR_STEPS = 800        # 12.8 epochs of the 2000 training statements (400 reached 59.0%)
 TEST_STATEMENTS = 300   # one statement per pair, 150 true
-
-
-def _run(*args: str) -> None:
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)  # one device, as on a user's CPU machine (and 8x faster here)
-    out = subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True, text=True,
-                         timeout=1200)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -214,28 +214,30 @@ def test_cli_errors_name_the_fix(vqa_checkpoint, capsys, tmp_path):
 
 @pytest.mark.slow
 def test_synthetic_vqa_learns(tmp_path):
-    """The tiny VQA recipe at reduced scale, from random weights: after 200 steps the answers
-    beat the split's most common answer by far. (From random weights in so few steps the model
-    learns the answers' structure per question type, not yet the image: the README's run from
-    the tiny pre-trained model is the one that beats the per-type prior.) Measured with these
-    settings: 42.2 against a majority answer at 14.5; 150 steps on 200 images gave 22.5."""
-    from blip_jax import evaluate
-    from blip_jax.experiments import tiny
-    from blip_jax.train.trainer import train
+    """The tiny VQA recipe at reduced scale through the README's commands, from random weights:
+    after 200 steps the answers beat the split's most common answer by far. (From random weights
+    in so few steps the model learns the answers' structure per question type, not yet the
+    image: the README's run from the tiny pre-trained model is the one that beats the per-type
+    prior.) Measured with these settings: 42.2 against a majority answer at 14.5; 150 steps on
+    200 images gave 22.5."""
+    from train_utils import run_module_on_one_device as run
 
-    c = tiny.vqa(200)
-    c.data.data_dir = str(tmp_path / "data")
-    c.data.synthetic_num_images = 300
-    c.data.synthetic_eval_images = 50
-    c.batch_size = 16
-    c.data.workers = 0
-    train(c, str(tmp_path / "run"))
-    assert json.loads((tmp_path / "run" / "model" / "answer_list.json").read_text())
-    r = evaluate.run(c, str(tmp_path / "run" / "model"), split="val")["metrics"]
-    assert r["num_questions"] == 50 * c.data.synthetic_vqa_questions_per_image
+    from blip_jax.experiments import tiny
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = f"--config.data.data_dir={tmp_path / 'data'}"
+    model = tmp_path / "run" / "model"
+    vqa = [f"--config={root}/configs/vqa_tiny.py", data, "--config.data.synthetic_num_images=300",
+           "--config.data.synthetic_eval_images=50", "--config.data.workers=0"]
+    run("blip_jax.train", *vqa, f"--workdir={tmp_path / 'run'}", "--config.total_steps=200",
+        "--config.checkpoint_every_steps=200", "--config.batch_size=16")
+    assert json.loads((model / "answer_list.json").read_text())
+    run("blip_jax.evaluate", *vqa, f"--checkpoint={model}", "--split=val")
+    r = json.loads((model / "eval_vqa_val.json").read_text())["metrics"]
+    assert r["num_questions"] == 50 * tiny.vqa().data.synthetic_vqa_questions_per_image
     assert r["unanswered"] == 0
     assert r["vqa_accuracy"] > r["majority_answer_accuracy"] + 15, r
-    results = json.loads((tmp_path / "run" / "model" / "vqa_result_val.json").read_text())
+    results = json.loads((model / "vqa_result_val.json").read_text())
     assert len(results) == r["num_questions"] and set(results[0]) == {"question_id", "answer"}
 
     # Zero-shot video QA with the same image-trained model (issue 15): the synthetic clips'
@@ -244,15 +246,14 @@ def test_synthetic_vqa_learns(tmp_path):
     # 40% is 4.5 points, so a margin of 10 leaves 2.4 of them); like the images' answers above,
     # these come from the question types' answer structure (the per-type prior scores 43.9), not
     # yet from the frames.
-    cv = tiny.videoqa()
-    cv.model = c.model
-    cv.data.data_dir = c.data.data_dir
-    cv.data.synthetic_video_clips = 40
-    cv.data.workers = 0
-    v = evaluate.run(cv, str(tmp_path / "run" / "model"), split="test",
-                     output=str(tmp_path / "video" / "results.json"))["metrics"]
+    video = tmp_path / "video" / "results.json"
+    run("blip_jax.evaluate", f"--config={root}/configs/videoqa_tiny.py", data,
+        "--config.data.synthetic_video_clips=40", "--config.data.workers=0",
+        f"--checkpoint={model}", "--split=test", f"--output={video}")
+    v = json.loads(video.read_text())["metrics"]
     print({k: v[k] for k in ("vqa_accuracy", "majority_answer_accuracy", "type_prior_accuracy")})
-    assert v["num_questions"] == 40 * cv.data.synthetic_video_questions and v["unanswered"] == 0
+    questions = 40 * tiny.videoqa().data.synthetic_video_questions
+    assert v["num_questions"] == questions and v["unanswered"] == 0
     assert v["vqa_accuracy"] > v["majority_answer_accuracy"] + 10, v
 
 

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -62,3 +63,16 @@ def run_two_processes(command: list[str], port: int, timeout: float) -> list[str
     logs = [p.communicate(timeout=timeout)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), logs
     return logs
+
+
+def run_module_on_one_device(*args: str, timeout: float = 1200) -> str:
+    """`python -m ARGS` with one CPU device, as on a user's machine: the suite's 8 fake devices
+    would split a small batch 8 ways, far slower for the learning runs than one device. Asserts
+    exit 0; returns stdout."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
