@@ -26,6 +26,20 @@ import jax  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+# The two end-to-end learning runs (about a quarter of the suite's work each) go first, one to
+# each pytest-xdist worker (--dist loadfile --no-loadscope-reorder hands out whole files in
+# collection order): the other files then fill both workers, so neither is left with a long
+# file at the end.
+LONG_FILES_FIRST = ("test_bootstrap.py", "test_nlvr_learns.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return LONG_FILES_FIRST.index(name) if name in LONG_FILES_FIRST else len(LONG_FILES_FIRST)
+    items.sort(key=rank)  # stable: every file keeps its own order
+
+
 def pytest_unconfigure(config):
     if _OWN_CACHE:
         shutil.rmtree(os.environ[compilation_cache.ENV], ignore_errors=True)
