@@ -299,8 +299,8 @@ class _LoopShardings:
         return isinstance(other, _LoopShardings) and self._key() == other._key()
 
     def constrain(self, x: jax.Array, kind: str) -> jax.Array:
-        """kind: 'blocks' [chunks, S, ...]; 'kernel' [V, D]; 'partial' [S, V, ...] (dW, db);
-        'logits' [S, B/S, C, V]."""
+        """kind: 'blocks' [chunks, S, ...]; 'kernel' [V, D]; 'partial' [S, V] (db);
+        'partial_t' [S, D, V] (dW transposed); 'logits' [S, B/S, C, V]."""
         if self.mesh is None:
             return x
         from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: PLC0415
@@ -308,7 +308,7 @@ class _LoopShardings:
         from blip_jax import parallel  # noqa: PLC0415
         batch = parallel.BATCH_AXES if self.count > 1 else None
         spec = {"blocks": P(None, batch), "kernel": P(self.vocab_axis, None),
-                "partial": P(batch, self.vocab_axis),
+                "partial": P(batch, self.vocab_axis), "partial_t": P(batch, None, self.vocab_axis),
                 "logits": P(batch, None, None, self.vocab_axis)}[kind]
         return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
@@ -338,18 +338,21 @@ def _chunk_terms(h, w, b, targets, scale, eps: float, shards: _LoopShardings, wi
 def _chunk_scan(h, w, b, targets, scale, eps: float, shards: _LoopShardings, unroll,
                 with_grads: bool):
     """The loop over chunks ([chunks, S, R, C, ...] inputs). Returns (loss, dh [chunks, S, R,
-    C, D] f32, dw [V, D] f32, db [V] f32), or (loss, None, None, None) without gradients.
+    C, D] f32, dw [V, D] f32 (summed as [D, V], transposed once), db [V] f32), or (loss, None, None, None) without gradients.
     The first chunk is computed before the loop and starts the sums (no zero-filled [V, D]
     accumulator; a single chunk has no loop at all)."""
     wc = shards.constrain(w.astype(h.dtype), "kernel")
 
-    def chunk(h_c, t_c, s_c):  # (loss, dh, dw, db) of one chunk; dw [S, V, D], db [S, V]
+    def chunk(h_c, t_c, s_c):  # (loss, dh, dw, db) of one chunk; dw [S, D, V], db [S, V]
         value, dlogits = _chunk_terms(h_c, wc, b, t_c, s_c, eps, shards, with_grads)
         if not with_grads:
             return value, None, None, None
         g = dlogits.astype(h.dtype)  # as autodiff of the cast logits: cotangent in h's dtype
         dh = jnp.einsum("srcv,vd->srcd", g, wc).astype(jnp.float32)
-        dw = shards.constrain(jnp.einsum("srcv,srcd->svd", g, h_c).astype(jnp.float32), "partial")
+        # dW^T [S, D, V]: with the vocabulary minor, XLA:CPU's dot reads g [.., V] as it is;
+        # dW [S, V, D] made it transpose g (the chunk's largest array) in every chunk.
+        dw = shards.constrain(jnp.einsum("srcv,srcd->sdv", g, h_c).astype(jnp.float32),
+                              "partial_t")
         db = shards.constrain(jnp.sum(dlogits, axis=(1, 2)), "partial")
         return value, dh, dw, db
 
@@ -360,7 +363,7 @@ def _chunk_scan(h, w, b, targets, scale, eps: float, shards: _LoopShardings, unr
                 value, dh, dw, db = chunk(*xs)
                 if not with_grads:
                     return (carry[0] + value,), jnp.zeros((0,), jnp.float32)
-                return (carry[0] + value, shards.constrain(carry[1] + dw, "partial"),
+                return (carry[0] + value, shards.constrain(carry[1] + dw, "partial_t"),
                         shards.constrain(carry[2] + db, "partial")), dh
 
             def skip(carry):  # every target of the chunk is padding: nothing to add
@@ -380,7 +383,7 @@ def _chunk_scan(h, w, b, targets, scale, eps: float, shards: _LoopShardings, unr
         dh0 = dh0[None]
     if not with_grads:
         return loss, None, None, None
-    return loss, dh0, jnp.sum(dw, axis=0), jnp.sum(db, axis=0)
+    return loss, dh0, jnp.sum(dw, axis=0).T, jnp.sum(db, axis=0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
