@@ -338,7 +338,8 @@ def _chunk_terms(h, w, b, targets, scale, eps: float, shards: _LoopShardings, wi
 def _chunk_scan(h, w, b, targets, scale, eps: float, shards: _LoopShardings, unroll,
                 with_grads: bool):
     """The loop over chunks ([chunks, S, R, C, ...] inputs). Returns (loss, dh [chunks, S, R,
-    C, D] f32, dw [V, D] f32 (summed as [D, V], transposed once), db [V] f32), or (loss, None, None, None) without gradients.
+    C, D] f32, dw [V, D] f32 (summed as [D, V], transposed once), db [V] f32), or (loss, None,
+    None, None) without gradients.
     The first chunk is computed before the loop and starts the sums (no zero-filled [V, D]
     accumulator; a single chunk has no loop at all)."""
     wc = shards.constrain(w.astype(h.dtype), "kernel")
