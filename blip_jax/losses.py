@@ -313,17 +313,24 @@ class _LoopShardings:
         return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
 
-def _chunk_terms(h, w, b, targets, scale, eps: float, shards: _LoopShardings, with_grads: bool):
-    """One chunk: h [S, R, C, D], w [V, D] (h's dtype), b [V] f32, targets / scale [S, R, C].
-    Returns (sum of scale * token loss, and with_grads the logit gradient [S, R, C, V] f32)."""
+def _chunk_terms(h, w, b, w_mean, b_mean, targets, scale, eps: float, shards: _LoopShardings,
+                 with_grads: bool):
+    """One chunk: h [S, R, C, D], w [V, D] (h's dtype), b [V] f32, w_mean [D] f32 and b_mean []
+    (the vocabulary means of w and b), targets / scale [S, R, C]. Returns (sum of scale * token
+    loss, and with_grads the logit gradient [S, R, C, V] f32)."""
     logits = shards.constrain(jnp.einsum("srcd,vd->srcv", h, w).astype(jnp.float32) + b, "logits")
     # As jax.nn.log_softmax: logp = shifted - log(sum(exp(shifted))), shifted = logits - max.
-    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    shifted = logits - top
     exp = jnp.exp(shifted)
     total = jnp.sum(exp, axis=-1)
     target_shifted = jnp.take_along_axis(shifted, targets[..., None], axis=-1)[..., 0]
+    # mean_v logits = h . mean_v(w) + mean(b): a [T, D] product, not another pass over [T, V]
+    # (equal up to float32 summation order; with bfloat16 states it is the mean of the exact
+    # products, not of their bfloat16 roundings, i.e. within one bfloat16 ulp of a logit).
+    mean_shifted = jnp.einsum("srcd,d->src", h.astype(jnp.float32), w_mean) + b_mean - top[..., 0]
     # -(1-eps) logp[target] - eps mean_v logp[v]: torch's CrossEntropyLoss(label_smoothing=eps)
-    per_token = jnp.log(total) - (1.0 - eps) * target_shifted - eps * jnp.mean(shifted, axis=-1)
+    per_token = jnp.log(total) - (1.0 - eps) * target_shifted - eps * mean_shifted
     value = jnp.sum(per_token * scale)
     if not with_grads:
         return value, None
@@ -343,18 +350,29 @@ def _chunk_scan(h, w, b, targets, scale, eps: float, shards: _LoopShardings, unr
     The first chunk is computed before the loop and starts the sums (no zero-filled [V, D]
     accumulator; a single chunk has no loop at all)."""
     wc = shards.constrain(w.astype(h.dtype), "kernel")
+    w_mean, b_mean = jnp.mean(wc.astype(jnp.float32), axis=0), jnp.mean(b)
+    # float32: dbias is one more row of the dW dot (the states with a column of ones appended),
+    # not a separate pass over each chunk's [T, V] gradient. bfloat16 states keep the float32
+    # sum: autodiff sums the float32 logit gradient, not its bfloat16 rounding.
+    fold_db = h.dtype == jnp.float32
 
-    def chunk(h_c, t_c, s_c):  # (loss, dh, dw, db) of one chunk; dw [S, D, V], db [S, V]
-        value, dlogits = _chunk_terms(h_c, wc, b, t_c, s_c, eps, shards, with_grads)
+    def chunk(h_c, t_c, s_c):  # (loss, dh, dw, db) of one chunk: dw [S, D (+1), V], db [S, V]
+        value, dlogits = _chunk_terms(h_c, wc, b, w_mean, b_mean, t_c, s_c, eps, shards,
+                                      with_grads)
         if not with_grads:
             return value, None, None, None
         g = dlogits.astype(h.dtype)  # as autodiff of the cast logits: cotangent in h's dtype
         dh = jnp.einsum("srcv,vd->srcd", g, wc).astype(jnp.float32)
-        # dW^T [S, D, V]: with the vocabulary minor, XLA:CPU's dot reads g [.., V] as it is;
-        # dW [S, V, D] made it transpose g (the chunk's largest array) in every chunk.
-        dw = shards.constrain(jnp.einsum("srcv,srcd->sdv", g, h_c).astype(jnp.float32),
-                              "partial_t")
-        db = shards.constrain(jnp.sum(dlogits, axis=(1, 2)), "partial")
+        # dW^T [S, D, V]: with the vocabulary minor, XLA:CPU's dot reads g [.., V] as it is
+        # (dW [S, V, D] made it transpose g, the chunk's largest array, in every chunk); the
+        # tokens flattened to one contracting dimension (as two, XLA transposed them in g).
+        s, r, c, v = g.shape
+        h_t = h_c.reshape(s, r * c, -1)
+        if fold_db:
+            h_t = jnp.concatenate([h_t, jnp.ones((s, r * c, 1), h_t.dtype)], axis=-1)
+        dw = shards.constrain(jnp.einsum("stv,std->sdv", g.reshape(s, r * c, v),
+                                         h_t).astype(jnp.float32), "partial_t")
+        db = None if fold_db else shards.constrain(jnp.sum(dlogits, axis=(1, 2)), "partial")
         return value, dh, dw, db
 
     loss, dh0, dw, db = chunk(h[0], targets[0], scale[0])
@@ -365,7 +383,7 @@ def _chunk_scan(h, w, b, targets, scale, eps: float, shards: _LoopShardings, unr
                 if not with_grads:
                     return (carry[0] + value,), jnp.zeros((0,), jnp.float32)
                 return (carry[0] + value, shards.constrain(carry[1] + dw, "partial_t"),
-                        shards.constrain(carry[2] + db, "partial")), dh
+                        None if db is None else shards.constrain(carry[2] + db, "partial")), dh
 
             def skip(carry):  # every target of the chunk is padding: nothing to add
                 return carry, (jnp.zeros(xs[0].shape, jnp.float32) if with_grads
@@ -384,7 +402,12 @@ def _chunk_scan(h, w, b, targets, scale, eps: float, shards: _LoopShardings, unr
         dh0 = dh0[None]
     if not with_grads:
         return loss, None, None, None
-    return loss, dh0, jnp.sum(dw, axis=0).T, jnp.sum(db, axis=0)
+    dw = jnp.sum(dw, axis=0)
+    if fold_db:
+        dw, db = dw[:-1], dw[-1]
+    else:
+        db = jnp.sum(db, axis=0)
+    return loss, dh0, dw.T, db
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))

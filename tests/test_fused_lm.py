@@ -272,17 +272,23 @@ def test_chunked_step_on_mesh_matches_materialised_single_device():
     _assert_same(ref, got)
 
 
-def test_no_per_chunk_transpose_of_the_logit_gradient():
+def test_no_per_chunk_transpose_or_bias_pass_over_the_logit_gradient():
     """The chunk loop's dW comes from a dot that reads each chunk's logit gradient [T, V] as it
     is: summing dW as [V, D] made XLA:CPU copy every chunk's gradient to [V, T] first (the
-    chunk's largest array, once per chunk; the tiny pre-training step ran ~1.16x slower)."""
+    chunk's largest array, once per chunk; the tiny pre-training step ran ~1.16x slower), and
+    contracting the tokens as two dimensions (rows, positions) made it transpose them. In
+    float32, dbias is the dW dot's extra row, not a separate reduction of each chunk's gradient."""
     hidden, table, bias, ids, mask = inputs(b=4, length=33, d=32, v=1000)
     # 64 tokens per chunk: 16 positions of the 4 rows, 2 chunks (one before the loop, one in it).
-    grad = jax.jit(jax.grad(lambda h, w: losses.chunked_lm_loss(h, w, bias, ids, mask,
-                                                                chunk_tokens=64), (0, 1)))
-    hlo = grad.lower(hidden, table).compile().as_text()
+    grad = jax.jit(jax.grad(lambda h, w, b: losses.chunked_lm_loss(h, w, b, ids, mask,
+                                                                   chunk_tokens=64), (0, 1, 2)))
+    hlo = grad.lower(hidden, table, bias).compile().as_text()
     assert "f32[1000,32]" in hlo  # dW itself (so the shapes below are spelled as XLA spells them)
     assert "f32[1000,64]" not in hlo and "f32[1,1000,64]" not in hlo
+    assert "f32[1,4,16,1000]" in hlo and "f32[1,16,4,1000]" not in hlo  # g, never transposed
+    assert "f32[1,33,1000]" in hlo  # dW^T and dbias: the states' 32 dims and a column of ones
+    reductions = [line for line in hlo.splitlines() if " reduce(" in line and "1000" in line]
+    assert not [line for line in reductions if "f32[1,1000]" in line.split("reduce(")[0]]
 
 
 def test_config_key_validated():
