@@ -44,6 +44,8 @@ def test_user_errors_are_one_line(tmp_path):
             ["no model checkpoint", missing],
         ("blip_jax.experiments.bootstrap", f"--workdir={tmp_path / 'b'}", "--rows=oracle"):
             ["--rows", "baseline"],
+        ("blip_jax.experiments.bootstrap", f"--workdir={tmp_path / 'b'}", "--data_workers=-1"):
+            ["--data_workers", ">= 0"],
     }
     env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
     procs = {case: subprocess.Popen([sys.executable, "-m", *case], cwd=tmp_path, env=env,

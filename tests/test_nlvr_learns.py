@@ -22,10 +22,11 @@ TEST_STATEMENTS = 300   # one statement per pair, 150 true
 
 @pytest.mark.slow
 def test_nlvr_learns_to_bind_left_and_right(tmp_path):
-    data = f"--config.data.data_dir={tmp_path / 'data'}"
+    # Input in the main process (as tests/test_bootstrap.py: it runs beside that test in CI).
+    data = [f"--config.data.data_dir={tmp_path / 'data'}", "--config.data.workers=0"]
     _run("blip_jax.train", f"--config={ROOT}/configs/pretrain_tiny.py", f"--workdir={tmp_path / 'pre'}",
-         data, f"--config.total_steps={PRETRAIN_STEPS}", "--config.eval.every_steps=0")
-    nlvr = [f"--config={ROOT}/configs/nlvr_tiny.py", data, "--config.data.synthetic_nlvr_templates=side_has",
+         *data, f"--config.total_steps={PRETRAIN_STEPS}", "--config.eval.every_steps=0")
+    nlvr = [f"--config={ROOT}/configs/nlvr_tiny.py", *data, "--config.data.synthetic_nlvr_templates=side_has",
             "--config.data.synthetic_nlvr_statements_per_pair=1", "--config.data.synthetic_num_images=2000",
             f"--config.data.synthetic_eval_images={TEST_STATEMENTS}"]
     run = tmp_path / "nlvr"

@@ -81,9 +81,11 @@ def synthetic_config(scale: Scale, seed: int):
     return synthetic.SyntheticConfig(**synthetic_kwargs(scale, seed))
 
 
-def _configure(c: ml_collections.ConfigDict, data_dir: str, scale: Scale,
-               seed: int) -> ml_collections.ConfigDict:
+def _configure(c: ml_collections.ConfigDict, data_dir: str, scale: Scale, seed: int,
+               data_workers: int | None = None) -> ml_collections.ConfigDict:
     c.data.data_dir = data_dir
+    if data_workers is not None:  # batches do not depend on it (data/sampler.py)
+        c.data.workers = data_workers
     for field, value in synthetic_kwargs(scale, seed).items():
         c.data[f"synthetic_{field}"] = value
     c.seed = seed
@@ -118,26 +120,28 @@ class Paths:
         return self(f"retrieval_{condition}", "model")
 
 
-def stage_configs(workdir: str, data_dir: str, scale: Scale, seed: int,
-                  conditions=CONDITIONS) -> dict[str, ml_collections.ConfigDict]:
-    """The config of every training and evaluation stage of one seed, by stage name."""
+def stage_configs(workdir: str, data_dir: str, scale: Scale, seed: int, conditions=CONDITIONS,
+                  data_workers: int | None = None) -> dict[str, ml_collections.ConfigDict]:
+    """The config of every training and evaluation stage of one seed, by stage name.
+    data_workers: the training input's worker processes (None: the recipes' own)."""
     p = Paths(workdir, seed)
     cfg = {}
     for cond in conditions:
-        c = _configure(tiny.pretrain(scale.pretrain_steps), data_dir, scale, seed)
+        c = _configure(tiny.pretrain(scale.pretrain_steps), data_dir, scale, seed, data_workers)
         c.init.vit = p.vit()
         # The web part is known once the row's data exists (web_sources); set when it runs.
         c.data.train_sources = [("synthetic", "train_web"), ("synthetic", "train_clean")]
         cfg[f"pretrain_{cond}"] = c
-        c = _configure(tiny.caption(scale.caption_steps), data_dir, scale, seed)
+        c = _configure(tiny.caption(scale.caption_steps), data_dir, scale, seed, data_workers)
         c.init_checkpoint = p.pretrained(cond)
         cfg[f"caption_{cond}"] = c
-        c = _configure(tiny.retrieval(scale.retrieval_steps), data_dir, scale, seed)
+        c = _configure(tiny.retrieval(scale.retrieval_steps), data_dir, scale, seed,
+                       data_workers)
         c.init_checkpoint = p.pretrained(cond)
         c.eval.k_test = scale.k_test
         cfg[f"retrieval_{cond}"] = c
     # Zero-shot retrieval of a pre-trained model: the retrieval protocol on its untied encoder.
-    z = _configure(tiny.retrieval(0), data_dir, scale, seed)
+    z = _configure(tiny.retrieval(0), data_dir, scale, seed, data_workers)
     z.eval.k_test = scale.k_test
     cfg["zero_shot"] = z
     return cfg
@@ -222,10 +226,11 @@ class Stage:
 
 
 def seed_stages(workdir: str, data_dir: str, scale: Scale, seed: int,
-                conditions: tuple[str, ...]) -> list[Stage]:
+                conditions: tuple[str, ...], data_workers: int | None = None) -> list[Stage]:
     """Every stage of one seed, in order (each skipped when its output exists). A seed whose
     results.json already holds every condition is one finished stage: its models and data may
-    be gone (a seed's results copied into a fresh workdir are enough to aggregate)."""
+    be gone (a seed's results copied into a fresh workdir are enough to aggregate).
+    data_workers: as stage_configs."""
     from blip_jax import capfilt
     from blip_jax.experiments import vision_init
     from blip_jax.models.config import BlipConfig
@@ -240,10 +245,11 @@ def seed_stages(workdir: str, data_dir: str, scale: Scale, seed: int,
             return set(conditions) <= set(json.load(f)["conditions"])
 
     evaluate = Stage("evaluate", "evaluate on test", evaluated,
-                     lambda: evaluate_seed(workdir, data_dir, scale, seed, conditions))
+                     lambda: evaluate_seed(workdir, data_dir, scale, seed, conditions,
+                                           data_workers))
     if evaluated():
         return [evaluate]
-    cfg = stage_configs(workdir, data_dir, scale, seed, conditions)
+    cfg = stage_configs(workdir, data_dir, scale, seed, conditions, data_workers)
     model_done = lambda name: (lambda: os.path.exists(p(name, "model", "config.json")))  # noqa: E731
 
     def train_stage(name):
@@ -314,13 +320,13 @@ def _evaluate(config, checkpoint: str, out: str) -> dict:
 
 
 def evaluate_seed(workdir: str, data_dir: str, scale: Scale, seed: int,
-                  conditions: tuple[str, ...]) -> dict:
+                  conditions: tuple[str, ...], data_workers: int | None = None) -> dict:
     """Every metric of one seed -> seed<s>/results.json."""
     from blip_jax.capfilt import output
     from blip_jax.experiments import bootstrap_data
 
     p = Paths(workdir, seed)
-    cfg = stage_configs(workdir, data_dir, scale, seed, conditions)
+    cfg = stage_configs(workdir, data_dir, scale, seed, conditions, data_workers)
     results: dict[str, Any] = {"seed": seed, "scale": dataclasses.asdict(scale), "conditions": {}}
     for cond in conditions:
         # One folder per row: the caption evaluation also writes its captions.json there.
@@ -405,9 +411,10 @@ def _quiet(log_path: str):
 
 def run(workdir: str, data_dir: str = "", scale: Scale = FULL, seeds: tuple[int, ...] = (0,),
         conditions: tuple[str, ...] = MAIN_CONDITIONS, log: Callable[[str], None] | None = None,
-        quiet: bool = True) -> dict:
+        quiet: bool = True, data_workers: int | None = None) -> dict:
     """Runs (or resumes) every stage of every seed; returns the aggregated results (also
-    written to WORKDIR)."""
+    written to WORKDIR). data_workers: the training stages' input worker processes (None: the
+    recipes' own config.data.workers; batches do not depend on it)."""
     from blip_jax.experiments import bootstrap_report
 
     workdir = os.path.abspath(workdir)
@@ -415,7 +422,7 @@ def run(workdir: str, data_dir: str = "", scale: Scale = FULL, seeds: tuple[int,
     os.makedirs(workdir, exist_ok=True)
     log_path = os.path.join(workdir, "log.txt")
     plan = [(seed, stage) for seed in seeds
-            for stage in seed_stages(workdir, data_dir, scale, seed, conditions)]
+            for stage in seed_stages(workdir, data_dir, scale, seed, conditions, data_workers)]
     t_start = time.time()
     timings: dict[str, float] = {}
     with (_quiet(log_path) if quiet else contextlib.nullcontext(sys.stdout)) as terminal:
@@ -471,7 +478,10 @@ def main(argv) -> None:
             raise UserError(f"--rows {f.rows!r}: give 'baseline' and any of "
                             f"{list(CONDITIONS[1:])}, comma-separated")
         conditions = tuple(c for c in CONDITIONS if c in rows)
-    run(f.workdir, f.data_dir, scale, seeds=tuple(range(f.seeds)), conditions=conditions)
+    if f.data_workers is not None and f.data_workers < 0:
+        raise UserError(f"--data_workers {f.data_workers}: must be >= 0")
+    run(f.workdir, f.data_dir, scale, seeds=tuple(range(f.seeds)), conditions=conditions,
+        data_workers=f.data_workers)
 
 
 def _define_flags() -> None:
@@ -486,6 +496,9 @@ def _define_flags() -> None:
     flags.DEFINE_integer("seeds", 1, "Seeds 0..N-1 (docs/bootstrap.md fixes 3 for the table).")
     flags.DEFINE_string("rows", "", "Comma-separated rows to run instead (e.g. 'baseline,oracle' "
                         "for the regime check); a later run with more rows reuses their stages.")
+    flags.DEFINE_integer("data_workers", None, "Input worker processes of every training stage "
+                         "(default: the recipes' config.data.workers; 0: in the main process). "
+                         "Batches do not depend on it.")
 
 
 if __name__ == "__main__":
