@@ -1,5 +1,6 @@
-"""Test setup: 8 fake CPU devices (set before JAX starts), float32 matmuls everywhere, and one
-persistent compilation cache for the whole session.
+"""Test setup: 8 fake CPU devices (set before JAX starts), float32 matmuls everywhere, one
+persistent compilation cache for the whole session, and each pytest-xdist worker on its own
+share of the CPUs.
 
 The cache (blip_jax/compilation_cache.py) is a fresh directory per pytest session, made by the
 controlling process and inherited by the xdist workers and by every command a test starts, so
@@ -19,6 +20,26 @@ _OWN_CACHE = compilation_cache.ENV not in os.environ and "JAX_COMPILATION_CACHE_
 if _OWN_CACHE:  # only the first process (the controller) gets here; workers inherit the path
     os.environ[compilation_cache.ENV] = tempfile.mkdtemp(prefix="blip_jax_test_xla_cache_")
 compilation_cache.enable()
+
+
+
+def _pin_xdist_worker() -> None:
+    """Under pytest-xdist, worker i of N runs on its own share of the CPUs (every N-th one), and
+    so does every command its tests start (affinity is inherited). Unpinned, the two workers'
+    processes, each with XLA's thread pools, contend for both cores of the 2-core CI machine:
+    two tiny pre-trainings side by side took 150 s each unpinned, 124 s pinned one per core.
+    BLIP_JAX_TEST_PIN=0 turns it off (e.g. beside other work on a larger machine)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ... (unset without xdist)
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if (os.environ.get("BLIP_JAX_TEST_PIN", "1") == "0" or not worker.startswith("gw")
+            or count < 2 or not hasattr(os, "sched_setaffinity")):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= count:
+        os.sched_setaffinity(0, cpus[int(worker[2:]) % count::count])
+
+
+_pin_xdist_worker()  # before JAX starts its thread pools
 
 import jax  # noqa: E402
 
