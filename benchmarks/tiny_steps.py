@@ -20,7 +20,8 @@ import os
 import statistics
 import subprocess
 import sys
-import time
+
+import common
 
 RECIPES = ("pretrain", "caption", "retrieval")
 
@@ -47,20 +48,21 @@ def time_recipe(name: str, repeats: int) -> dict:
         "text_ids": rng.integers(1000, 3000, (batch, length)).astype(np.int32),
         "text_mask": mask, "image_id": np.arange(batch, dtype=np.int32)}, mesh)
     step = setup.step_fn.lower(setup.state, gb).compile()
-    state, metrics = step(setup.state, gb)
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        state, metrics = step(state, gb)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t)
+    carry = {"state": setup.state}
+
+    def one_step():
+        carry["state"], metrics = step(carry["state"], gb)
+        return jax.block_until_ready(metrics)
+
+    one_step()  # the first call is not timed
+    median, times, _ = common.median_time(one_step, repeats)
     return {"recipe": name, "batch": batch, "text_len": length, "image_size": size,
-            "step_seconds_median": statistics.median(times), "step_seconds_all": times,
+            "step_seconds_median": median, "step_seconds_all": times,
             "blip_jax": os.path.dirname(blip_jax.__file__)}
 
 
-def _in_process(checkout: str, name: str, repeats: int) -> dict:
+def _run_in_checkout(checkout: str, name: str, repeats: int) -> dict:
+    """time_recipe in a fresh process whose blip_jax is the checkout's."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [checkout] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     env.pop("XLA_FLAGS", None)
@@ -82,8 +84,6 @@ def main() -> int:
     if args.one:
         print(json.dumps(time_recipe(args.one, args.repeats)))
         return 0
-    import common
-
     recipes = args.recipes.split(",")
     this = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if not args.against:
@@ -100,7 +100,7 @@ def main() -> int:
         for name in recipes:
             pair = {"round": round_, "recipe": name}
             for side, checkout in (("other", other), ("this", this)):
-                pair[side] = _in_process(checkout, name, args.repeats)["step_seconds_median"]
+                pair[side] = _run_in_checkout(checkout, name, args.repeats)["step_seconds_median"]
             pair["ratio"] = pair["other"] / pair["this"]
             runs.append(pair)
             print(f"round {round_} {name:10} other {pair['other']:.3f} s  this "

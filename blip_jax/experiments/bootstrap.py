@@ -245,8 +245,7 @@ def seed_stages(workdir: str, data_dir: str, scale: Scale, seed: int,
             return set(conditions) <= set(json.load(f)["conditions"])
 
     evaluate = Stage("evaluate", "evaluate on test", evaluated,
-                     lambda: evaluate_seed(workdir, data_dir, scale, seed, conditions,
-                                           data_workers))
+                     lambda: evaluate_seed(workdir, data_dir, scale, seed, conditions))
     if evaluated():
         return [evaluate]
     cfg = stage_configs(workdir, data_dir, scale, seed, conditions, data_workers)
@@ -320,13 +319,13 @@ def _evaluate(config, checkpoint: str, out: str) -> dict:
 
 
 def evaluate_seed(workdir: str, data_dir: str, scale: Scale, seed: int,
-                  conditions: tuple[str, ...], data_workers: int | None = None) -> dict:
+                  conditions: tuple[str, ...]) -> dict:
     """Every metric of one seed -> seed<s>/results.json."""
     from blip_jax.capfilt import output
     from blip_jax.experiments import bootstrap_data
 
     p = Paths(workdir, seed)
-    cfg = stage_configs(workdir, data_dir, scale, seed, conditions, data_workers)
+    cfg = stage_configs(workdir, data_dir, scale, seed, conditions)
     results: dict[str, Any] = {"seed": seed, "scale": dataclasses.asdict(scale), "conditions": {}}
     for cond in conditions:
         # One folder per row: the caption evaluation also writes its captions.json there.
