@@ -122,8 +122,9 @@ def _unrolled_cost(cost: dict, compile_fn) -> dict:
 def bench_config(name: str, batch: int, text_len: int, repeats: int) -> dict:
     c, setup, gb = _setup(name, batch, text_len)
     size = c.model.vision.image_size
-    compiled = setup.step_fn.lower(setup.state, gb).compile()
-    cost = _cost(compiled)
+    program = setup.step_fn.lower(setup.state, gb).compile()
+    cost = _cost(program)
+    compiled = lambda s, b: program(s, b, setup.step_fn.lengths)  # noqa: E731
     if c.task != "nlvr" and setup.loss.lm_weight > 0 and setup.loss.lm_chunk_tokens > 0:
         tx, _ = optim.make_optimizer(c.optim, c.total_steps, 100)  # as trainer.build made it
         fresh = jit_train_step(make_train_step(setup.model, tx, setup.loss, setup.schedule,

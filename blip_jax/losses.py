@@ -454,8 +454,11 @@ def enqueue(queue: jax.Array, ptr: jax.Array, values: jax.Array) -> tuple[jax.Ar
     return queue, (ptr + values.shape[0]) % queue.shape[0]
 
 
-def alpha_at(step: jax.Array, alpha: float, ramp_steps: int) -> jax.Array:
-    """Distillation weight: alpha * min(1, step / ramp_steps) (ramp over the first 2 epochs)."""
-    if ramp_steps <= 0:
+def alpha_at(step: jax.Array, alpha: float, ramp_steps) -> jax.Array:
+    """Distillation weight: alpha * min(1, step / ramp_steps) (ramp over the first 2 epochs);
+    alpha throughout when ramp_steps <= 0. ramp_steps: an int or a traced int32 scalar."""
+    if isinstance(ramp_steps, (int, np.integer)) and ramp_steps <= 0:
         return jnp.float32(alpha)
-    return alpha * jnp.minimum(1.0, step.astype(jnp.float32) / ramp_steps)
+    ramp = jnp.asarray(ramp_steps, jnp.float32)
+    ramped = alpha * jnp.minimum(1.0, step.astype(jnp.float32) / jnp.maximum(ramp, 1.0))
+    return jnp.where(ramp > 0, ramped, jnp.float32(alpha))

@@ -399,6 +399,12 @@ def test_alpha_at_ramp_and_constant():
     np.testing.assert_allclose(float(jitted(jnp.int32(30))), 0.12, rtol=RTOL)
     for step in (0, 5, 10_000):
         np.testing.assert_allclose(float(alpha_at(jnp.int32(step), 0.4, 0)), 0.4, rtol=RTOL)
+    # ... and with a traced ramp (the trainer passes the run's lengths to its step), 0 included
+    traced = jax.jit(lambda s, r: alpha_at(s, 0.4, r))
+    for step, ramp_steps in [(30, 100), (150, 100), (0, 0), (5, 0)]:
+        want = 0.4 * min(1.0, step / ramp_steps) if ramp_steps else 0.4
+        np.testing.assert_allclose(float(traced(jnp.int32(step), jnp.int32(ramp_steps))), want,
+                                   rtol=RTOL)
 
 
 # ----------------------------------------------------------------------------- issue 11 items 2-3

@@ -105,6 +105,35 @@ def test_per_step_cosine_kept_and_errors_name_the_key():
         optim.make_schedule(optim_cfg("linear"), total, spe)
 
 
+@pytest.mark.parametrize("warmup_steps", [0, 7])
+def test_per_step_cosine_is_optax_warmup_cosine(warmup_steps):
+    """optim.warmup_cosine_schedule (total_steps may be traced) against the library's
+    optax.warmup_cosine_decay_schedule: the same formula in float32, a few ulp of the peak."""
+    import optax
+    warmup_lr, lr, min_lr, total = 1e-6, 3e-4, 1e-5, 40
+    ours = optim.warmup_cosine_schedule(warmup_lr, lr, warmup_steps, min_lr, total)
+    ref = optax.warmup_cosine_decay_schedule(warmup_lr, lr, warmup_steps,
+                                             max(total, warmup_steps + 1), end_value=min_lr)
+    steps = np.arange(total + 5)  # past the end: min_lr
+    np.testing.assert_allclose(values(ours, steps), values(ref, steps), rtol=0,
+                               atol=8 * np.finfo(np.float32).eps * lr)
+
+
+@pytest.mark.parametrize("schedule", ["step", "cosine_epoch", "cosine"])
+def test_schedules_take_traced_lengths(schedule):
+    """The trainer passes total_steps and steps_per_epoch to the jitted step as int32 arrays:
+    the values are the concrete schedule's (same float32 formula; equal up to rounding)."""
+    c = base_config("tiny").optim
+    c.schedule, c.warmup_steps = schedule, (0 if schedule == "cosine_epoch" else 5)
+    c.lr, c.min_lr, c.decay_rate = 2e-4, 1e-6, 0.5
+    for total, spe in ((30, 7), (50, 12)):
+        concrete = optim.make_schedule(c, total, spe)
+        traced = jax.jit(lambda s, t, e: optim.make_schedule(c, t, e)(s))
+        steps = np.arange(total)
+        got = np.array([float(traced(np.int32(s), np.int32(total), np.int32(spe))) for s in steps])
+        np.testing.assert_allclose(got, values(concrete, steps), rtol=4 * np.finfo(np.float32).eps)
+
+
 def test_step_schedule_is_the_originals():
     """Pre-training (pretrain.py:51,129; utils.py:8-17): in epoch 0 the lr is
     min(lr, warmup_lr + (lr - warmup_lr) * i / warmup_steps) at step i; from epoch e >= 1 it

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from blip_jax import losses, parallel, tokenizer as tok
@@ -334,12 +335,44 @@ PAIR_BATCH_NDIMS = {"image": 4, "text_ids": 2, "text_mask": 2, "image_id": 1}
 
 
 def jit_train_step(step_fn, state_shardings, mesh, donate: bool = True,
-                   batch_ndims: dict[str, int] | None = None):
+                   batch_ndims: dict[str, int] | None = None, with_lengths: bool = False):
     """jax.jit with explicit shardings: state in/out by its rules, batch on the batch axes
     (`batch_ndims`: the task's batch fields and their ranks, image-text pairs by default),
-    metrics replicated; the state is donated (updated in place)."""
+    metrics replicated; the state is donated (updated in place). with_lengths: step_fn is
+    step(state, batch, lengths) with `lengths` a dict of replicated int32 scalars (see
+    `LengthsBoundStep`)."""
     batch_shardings = {k: parallel.batch_sharding(mesh, n)
                        for k, n in (batch_ndims or PAIR_BATCH_NDIMS).items()}
-    return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+    in_shardings = (state_shardings, batch_shardings)
+    if with_lengths:
+        in_shardings += (parallel.replicated(mesh),)
+    return jax.jit(step_fn, in_shardings=in_shardings,
                    out_shardings=(state_shardings, parallel.replicated(mesh)),
                    donate_argnums=(0,) if donate else ())
+
+
+class LengthsBoundStep:
+    """A jitted step(state, batch, lengths) called as step(state, batch). The run's lengths
+    (total steps, steps per epoch, alpha ramp: what the schedules read) are arguments of the
+    program, not constants in it, so runs of one recipe that differ only in their data's size
+    (the bootstrap experiment's pre-training rows) lower to the same program and the persistent
+    compilation cache serves all but the first."""
+
+    def __init__(self, jitted, lengths: dict[str, int], mesh) -> None:
+        self.jitted = jitted
+        self.values = dict(lengths)
+        # Global (replicated) scalars: every process of a multi-host run passes the same ones.
+        self.lengths = {k: jax.make_array_from_callback(
+            (), parallel.replicated(mesh), lambda _, v=v: np.asarray(v, np.int32))
+            for k, v in lengths.items()}
+
+    def __call__(self, state, batch):
+        return self.jitted(state, batch, self.lengths)
+
+    def lower(self, state, batch):
+        return self.jitted.lower(state, batch, self.lengths)
+
+    def compile(self, state, batch) -> Callable:
+        """The compiled program, called as compiled(state, batch) (benchmarks time it)."""
+        compiled = self.lower(state, batch).compile()
+        return lambda s, b: compiled(s, b, self.lengths)

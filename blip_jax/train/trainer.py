@@ -31,7 +31,7 @@ from blip_jax.train.checkpointing import TrainCheckpointer
 from blip_jax.train.defaults import base_config
 from blip_jax.train.metric_writer import MetricWriter
 from blip_jax.train.state import TrainState, build_state, state_shardings
-from blip_jax.train.step import LossConfig, jit_train_step, make_train_step
+from blip_jax.train.step import LossConfig, LengthsBoundStep, jit_train_step, make_train_step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -154,6 +154,8 @@ def build(config: ml_collections.ConfigDict, steps_per_epoch: int, mesh=None,
                          f"{parallel.batch_shards(mesh)} data x fsdp devices of the mesh")
     tx, schedule = optim.make_optimizer(config.optim, config.total_steps, steps_per_epoch)
     tx = optimizer or tx
+    lengths = {"total_steps": int(config.total_steps), "steps_per_epoch": int(steps_per_epoch),
+               "alpha_ramp_steps": int(lc.alpha_ramp_steps)}
     model = Blip(model_cfg)
 
     def make(rng, boxed, params=init_params, start=None):
@@ -177,16 +179,27 @@ def build(config: ml_collections.ConfigDict, steps_per_epoch: int, mesh=None,
     groups = parallel.batch_shards(mesh) if lc.itm_negatives == "local" else 1
     if lc.itm_negatives not in ("global", "local"):
         raise ValueError(f"config.loss.itm_negatives={lc.itm_negatives!r}: use global or local")
-    if config.task == "vqa":
-        step_fn = jit_train_step(
-            vqa_step.make_vqa_train_step(model, tx, lc.label_smoothing, schedule, mesh),
-            shardings, mesh, batch_ndims=vqa_step.BATCH_NDIMS)
-    elif config.task == "nlvr":
-        step_fn = jit_train_step(nlvr_step.make_nlvr_train_step(model, tx, schedule),
-                                 shardings, mesh, batch_ndims=nlvr_step.BATCH_NDIMS)
-    else:
-        step_fn = jit_train_step(make_train_step(model, tx, lc, schedule, mesh, groups),
-                                 shardings, mesh)
+    def task_step(lengths: dict):
+        """The task's step with the schedules built on the traced lengths (the optimiser's
+        state does not depend on them: it is the one `tx` initialised)."""
+        run_tx, run_schedule = optim.make_optimizer(config.optim, lengths["total_steps"],
+                                                    lengths["steps_per_epoch"])
+        run_tx = optimizer or run_tx
+        if config.task == "vqa":
+            return vqa_step.make_vqa_train_step(model, run_tx, lc.label_smoothing, run_schedule,
+                                                mesh)
+        if config.task == "nlvr":
+            return nlvr_step.make_nlvr_train_step(model, run_tx, run_schedule)
+        run_lc = dataclasses.replace(lc, alpha_ramp_steps=lengths["alpha_ramp_steps"])
+        return make_train_step(model, run_tx, run_lc, run_schedule, mesh, groups)
+
+    def train_step(state, batch, lengths):
+        return task_step(lengths)(state, batch)
+
+    batch_ndims = {"vqa": vqa_step.BATCH_NDIMS, "nlvr": nlvr_step.BATCH_NDIMS}.get(config.task)
+    step_fn = LengthsBoundStep(jit_train_step(train_step, shardings, mesh,
+                                              batch_ndims=batch_ndims, with_lengths=True),
+                               lengths, mesh)
     return Setup(model, model_cfg, mesh, state, shardings, abstract, step_fn, schedule, lc)
 
 
