@@ -10,6 +10,13 @@ With --against, each round runs every recipe in a fresh process of this checkout
 other (its blip_jax first on PYTHONPATH; e.g. `git worktree add /tmp/old COMMIT`), alternately,
 and reports the paired ratios other / this of the median step times (a noisy shared machine
 moves both sides of a pair alike). The other checkout needs only blip_jax (this script runs).
+
+    python benchmarks/tiny_steps.py --huge-pages --rounds 4
+
+runs every recipe twice at once, as the CI's two pinned test workers do: one process with
+malloc on huge pages (blip_jax/allocator.py), one without, each pinned to its own CPU, the
+CPUs swapped every round; reports the paired ratios without / with, and both sides' page
+faults and kernel time per step (benchmarks/results/tiny_steps_huge_pages.json).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -58,9 +66,16 @@ def time_recipe(name: str, repeats: int) -> dict:
         return jax.block_until_ready(metrics)
 
     one_step()  # the first call is not timed
+    before = resource.getrusage(resource.RUSAGE_SELF)
     median, times, _ = common.median_time(one_step, repeats)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    calls = len(times)
     return {"recipe": name, "batch": batch, "text_len": length, "image_size": size,
             "step_seconds_median": median, "step_seconds_all": times,
+            "minor_faults_per_step": (after.ru_minflt - before.ru_minflt) / calls,
+            "kernel_seconds_per_step": (after.ru_stime - before.ru_stime) / calls,
+            "user_seconds_per_step": (after.ru_utime - before.ru_utime) / calls,
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
             "blip_jax": os.path.dirname(blip_jax.__file__)}
 
 
@@ -75,6 +90,55 @@ def _run_in_checkout(checkout: str, name: str, repeats: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _child(name: str, repeats: int, huge: bool, cpu: int | None) -> subprocess.Popen:
+    """time_recipe in a fresh process of this checkout, with or without the malloc tunable,
+    pinned to `cpu` (None: not pinned)."""
+    from blip_jax import allocator
+
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "GLIBC_TUNABLES")}
+    env = allocator.environment(env) if huge else {**env, allocator.ENV: "off"}
+    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--one", name,
+                             "--repeats", str(repeats)], env=env, stdout=subprocess.PIPE,
+                            text=True, preexec_fn=pin)
+
+
+def compare_huge_pages(recipes: list[str], repeats: int, rounds: int) -> dict:
+    cpus = sorted(os.sched_getaffinity(0))
+    runs = []
+    for round_ in range(rounds):
+        for name in recipes:
+            # Side by side, one CPU each (the CI's two workers); the CPUs swap every round.
+            pinned = cpus[:2] if len(cpus) >= 2 else [None, None]
+            if round_ % 2:
+                pinned.reverse()
+            procs = {"huge": _child(name, repeats, True, pinned[0]),
+                     "small": _child(name, repeats, False, pinned[1])}
+            got = {}
+            for side, proc in procs.items():
+                out, _ = proc.communicate()
+                if proc.returncode:
+                    raise RuntimeError(f"{name} ({side} pages) failed: exit {proc.returncode}")
+                got[side] = json.loads(out.strip().splitlines()[-1])
+            pair = {"round": round_, "recipe": name, "cpus": {"huge": pinned[0], "small": pinned[1]},
+                    **{f"{side}_{k}": r[k] for side, r in got.items()
+                       for k in ("step_seconds_median", "minor_faults_per_step",
+                                 "kernel_seconds_per_step", "user_seconds_per_step")}}
+            pair["ratio"] = pair["small_step_seconds_median"] / pair["huge_step_seconds_median"]
+            runs.append(pair)
+            print(f"round {round_} {name:10} small pages {pair['small_step_seconds_median']:.3f} s "
+                  f"({pair['small_minor_faults_per_step']:.0f} faults, "
+                  f"{1e3 * pair['small_kernel_seconds_per_step']:.0f} ms kernel)  huge "
+                  f"{pair['huge_step_seconds_median']:.3f} s ({pair['huge_minor_faults_per_step']:.0f}"
+                  f" faults, {1e3 * pair['huge_kernel_seconds_per_step']:.0f} ms kernel)  ratio "
+                  f"{pair['ratio']:.2f}", flush=True)
+    summary = {name: statistics.median(r["ratio"] for r in runs if r["recipe"] == name)
+               for name in recipes}
+    print("median paired ratio small/huge pages: "
+          + ", ".join(f"{k} {v:.2f}x" for k, v in summary.items()))
+    return {"runs": runs, "median_ratio": summary}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,12 +146,18 @@ def main() -> int:
     p.add_argument("--recipes", default=",".join(RECIPES))
     p.add_argument("--against", default="", help="another checkout to compare with, alternately")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--huge-pages", action="store_true",
+                   help="with vs without malloc on huge pages, side by side")
     p.add_argument("--one", default="", help=argparse.SUPPRESS)  # a child of --against
     args = p.parse_args()
     if args.one:
         print(json.dumps(time_recipe(args.one, args.repeats)))
         return 0
     recipes = args.recipes.split(",")
+    if args.huge_pages:
+        common.write_result("tiny_steps_huge_pages",
+                            compare_huge_pages(recipes, args.repeats, args.rounds))
+        return 0
     this = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if not args.against:
         rows = [time_recipe(name, args.repeats) for name in recipes]

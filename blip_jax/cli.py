@@ -14,7 +14,9 @@ file), recognised without a class hierarchy the library would have to adopt:
 absl commands (`run_absl`) also turn an unknown `--config.KEY` override, which ml_collections
 rejects with a bare AttributeError/KeyError before any project code runs, into the project's
 own key-check error (naming the valid keys), and a missing --config file into one line.
-Both turn on the persistent compilation cache (blip_jax/compilation_cache.py) first.
+Both turn on the persistent compilation cache (blip_jax/compilation_cache.py) first; absl
+commands (the long ones: train, evaluate, capfilt, the bootstrap experiment) first of all run
+malloc on huge pages (blip_jax/allocator.py).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import sys
 import traceback
 from typing import Any, Callable, Optional, Sequence
 
-from blip_jax import compilation_cache
+from blip_jax import allocator, compilation_cache
 
 USER_ERROR_EXIT = 2
 
@@ -102,6 +104,7 @@ def run_absl(main: Callable[[list[str]], Any],
     `config_check(config)` is the command's own key check of the `--config` flag's config
     (raising an error that names the valid keys): it runs right after parsing, before main, and
     explains an unknown `--config.KEY` override that ml_collections rejects while parsing."""
+    allocator.reexec_with_huge_pages()  # a process's first act: see blip_jax/allocator.py
     from absl import app
 
     def parse(argv: list[str]) -> list[str]:

@@ -1,6 +1,7 @@
 """Test setup: 8 fake CPU devices (set before JAX starts), float32 matmuls everywhere, one
-persistent compilation cache for the whole session, and each pytest-xdist worker on its own
-share of the CPUs.
+persistent compilation cache for the whole session, each pytest-xdist worker on its own
+share of the CPUs, and malloc on huge pages in the workers and the commands tests start
+(blip_jax/allocator.py: set here in the controller, before it starts the workers).
 
 The cache (blip_jax/compilation_cache.py) is a fresh directory per pytest session, made by the
 controlling process and inherited by the xdist workers and by every command a test starts, so
@@ -12,7 +13,7 @@ import os
 import shutil
 import tempfile
 
-from blip_jax import compilation_cache
+from blip_jax import allocator, compilation_cache
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -20,6 +21,7 @@ _OWN_CACHE = compilation_cache.ENV not in os.environ and "JAX_COMPILATION_CACHE_
 if _OWN_CACHE:  # only the first process (the controller) gets here; workers inherit the path
     os.environ[compilation_cache.ENV] = tempfile.mkdtemp(prefix="blip_jax_test_xla_cache_")
 compilation_cache.enable()
+allocator.set_for_children()
 
 
 

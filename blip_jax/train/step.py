@@ -360,7 +360,6 @@ class LengthsBoundStep:
 
     def __init__(self, jitted, lengths: dict[str, int], mesh) -> None:
         self.jitted = jitted
-        self.values = dict(lengths)
         # Global (replicated) scalars: every process of a multi-host run passes the same ones.
         self.lengths = {k: jax.make_array_from_callback(
             (), parallel.replicated(mesh), lambda _, v=v: np.asarray(v, np.int32))
