@@ -5,8 +5,8 @@ XLA:CPU allocates each execution's buffers with malloc and frees them when it en
 sizes glibc serves them from fresh mmap'd memory, so every step of the tiny pre-training
 touches ~140 MB of new 4 KiB pages: ~35,000 page faults and ~70 ms of kernel time per step
 (`python benchmarks/tiny_steps.py --huge-pages`). With the glibc tunable `glibc.malloc.hugetlb=1`
-(glibc >= 2.35) malloc asks for transparent huge pages (madvise), 2 MiB each: ~100 faults per
-step and the step ~1.28x faster on one core.
+(glibc >= 2.35) malloc asks for transparent huge pages (madvise), 2 MiB each: ~300 faults per
+step and the step 1.27x faster on one core (retrieval fine-tuning 1.43x).
 
 Tunables are read when the process starts, so a command that finds them unset re-executes
 itself once with them set (its children inherit them). BLIP_JAX_HUGE_PAGES=off keeps the
