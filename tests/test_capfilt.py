@@ -28,7 +28,7 @@ from blip_jax.data import prepare
 from blip_jax.data.pipeline import make_train_loader, scan_records
 from blip_jax.models import init_params
 from blip_jax.models.blip import Blip
-from train_utils import MICRO
+from train_utils import MICRO, fake_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_WEB = 30
@@ -100,7 +100,7 @@ def killed(env):
     log = open(env[0] / "killed.log", "w")  # a file, not a pipe: a full pipe would stall the job
     proc = subprocess.Popen(_cli(workdir, config), stdout=log, stderr=subprocess.STDOUT,
                             env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-                                     XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+                                     XLA_FLAGS=fake_devices(1)))
     plan = output.UnitPlan(N_WEB, SETTINGS["records_per_shard"])
     seen = {}
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from blip_jax.data import prepare
+from train_utils import fake_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH = dict(num_images=96, noise_rate=0.4, seed=0)
@@ -47,7 +48,7 @@ def _cmd(workdir, data_dir, **extra):
 
 def _env(devices=1, **extra):
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=fake_devices(devices))
     env.update(extra)
     return env
 

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from blip_jax.data import prepare
+from train_utils import fake_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds processes via /proc")
@@ -64,7 +65,7 @@ def test_sigkilled_trainer_leaves_no_process(tmp_path):
     cmd = [sys.executable, "-m", "blip_jax.train", f"--config={ROOT}/configs/pretrain_tiny.py",
            f"--workdir={tmp_path / 'run'}", *(f"--config.{k}={v}" for k, v in overrides.items())]
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+               XLA_FLAGS=fake_devices(1))
     # Its own session: every descendant, re-parented or not, keeps the trainer's pid as sid.
     log = open(tmp_path / "stderr.txt", "w+")
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log)

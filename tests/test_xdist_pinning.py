@@ -1,5 +1,5 @@
 """tests/conftest.py pins each pytest-xdist worker to its own share of the CPUs (worker i of N:
-every N-th CPU), and the commands a test starts inherit it."""
+every N-th CPU), and the commands a test starts inherit it; files run longest first."""
 
 import os
 import subprocess
@@ -19,3 +19,31 @@ def test_xdist_worker_runs_on_its_share_of_the_cpus():
     child = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
                            capture_output=True, text=True, check=True)
     assert child.stdout.strip() == str(mine)
+
+
+def test_costly_files_go_first_and_exist(request):
+    """conftest.FILES_BY_COST names real files (a renamed one would silently lose its place)
+    and collection follows it: this session's items are ranked in non-decreasing order."""
+    from conftest import FILES_BY_COST, file_rank
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    assert len(set(FILES_BY_COST)) == len(FILES_BY_COST)
+    assert [f for f in FILES_BY_COST if not os.path.exists(os.path.join(here, f))] == []
+    assert FILES_BY_COST[:2] == ("test_bootstrap.py", "test_nlvr_learns.py")
+    assert file_rank("test_bootstrap.py") < file_rank("test_trainer.py") < file_rank("test_optim.py")
+    ranks = [file_rank(item.path.name) for item in request.session.items]
+    assert ranks == sorted(ranks)
+
+
+def test_suite_flags_compile_fast_and_reach_the_commands_it_starts():
+    """conftest: XLA at LLVM -O0 in this process and in the commands a test starts with
+    train_utils.fake_devices (the device count replaced, the rest kept)."""
+    from conftest import FAST_COMPILE_FLAG
+    from train_utils import fake_devices
+
+    if os.environ.get("BLIP_JAX_TEST_XLA_O0") == "0":
+        pytest.skip("turned off with BLIP_JAX_TEST_XLA_O0=0")
+    assert FAST_COMPILE_FLAG in os.environ["XLA_FLAGS"].split()
+    flags = fake_devices(3).split()
+    assert flags[0] == "--xla_force_host_platform_device_count=3" and FAST_COMPILE_FLAG in flags
+    assert sum(f.startswith("--xla_force_host_platform_device_count") for f in flags) == 1

@@ -50,6 +50,14 @@ def random_batch(batch_size: int = 16, length: int = 8, image_size: int = 32, se
             "text_ids": ids, "text_mask": mask, "image_id": image_id}
 
 
+def fake_devices(count: int) -> str:
+    """XLA_FLAGS for a command with `count` fake CPU devices and the suite's other XLA flags
+    (tests/conftest.py: its compile-time setting)."""
+    rest = [f for f in os.environ.get("XLA_FLAGS", "").split()
+            if not f.startswith("--xla_force_host_platform_device_count")]
+    return " ".join([f"--xla_force_host_platform_device_count={count}", *rest])
+
+
 def run_two_processes(command: list[str], port: int, timeout: float) -> list[str]:
     """Runs `command` as processes 0 and 1 of a 2-process jax.distributed job over loopback
     (4 fake CPU devices each, blip_jax.distributed's BLIP_* variables); asserts both exit 0 and
@@ -57,7 +65,7 @@ def run_two_processes(command: list[str], port: int, timeout: float) -> list[str
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu",
-                                       XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                                       XLA_FLAGS=fake_devices(4),
                                        BLIP_COORDINATOR=f"127.0.0.1:{port}", BLIP_NUM_PROCESSES="2",
                                        BLIP_PROCESS_ID=str(i))) for i in range(2)]
     logs = [p.communicate(timeout=timeout)[0] for p in procs]
