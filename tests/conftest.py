@@ -65,8 +65,8 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # pytest-xdist workers in collection order, each worker holding one file in reserve): the two
 # end-to-end learning runs (about a quarter of the suite's work each) start at once, one on each
 # worker, then the next-longest files, and the many short files fill both workers at the end, so
-# neither is left running a long file while the other idles. Worker-seconds of a clean run
-# (--durations=0, 2026-12-04) set the order; files not named here keep their order after these.
+# neither is left running a long file while the other idles. Worker-seconds per file of a
+# --durations run (2026-12-03) set the order; files not named here keep their order after these.
 FILES_BY_COST = (
     "test_bootstrap.py", "test_nlvr_learns.py",  # the learning runs, one per worker
     "test_trainer.py", "test_vqa.py", "test_train_step.py", "test_bf16_inference.py",
