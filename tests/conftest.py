@@ -1,5 +1,6 @@
 """Test setup: 8 fake CPU devices (set before JAX starts), float32 matmuls everywhere, one
-persistent compilation cache for the whole session, each pytest-xdist worker on its own
+persistent compilation cache for the whole session, XLA's CPU code at LLVM -O0 for the
+in-process tests, files longest first, each pytest-xdist worker on its own
 share of the CPUs, and malloc on huge pages in the workers and the commands tests start
 (blip_jax/allocator.py: set here in the controller, before it starts the workers).
 
@@ -20,13 +21,14 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # the suite's flags) spend ~3/4 of their time compiling many small programs and run each for a
 # few steps; -O0 compiles them ~30% faster (tests/test_train_step.py + test_fused_lm.py pinned
 # to one core: 252 s -> 178 s), runs them ~2x slower, and changes float rounding by an ulp or so
-# (the tolerances are eps-derived for other machines anyway). The same HLO passes run; only
-# LLVM's optimisation differs. The long learning runs (train_utils.run_module_on_one_device,
+# (the tolerances are eps-derived for other machines anyway). The flag is XLA's backend (LLVM)
+# optimisation level; whether any HLO pass also reads it was not checked. The long learning runs (train_utils.run_module_on_one_device,
 # tests/test_bootstrap.py) drop the suite's flags and compile at the default -O2, as users do.
 # BLIP_JAX_TEST_XLA_O0=0 turns it off.
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
-if (os.environ.get("BLIP_JAX_TEST_XLA_O0", "1") != "0"
-        and "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]):
+FAST_COMPILE = (os.environ.get("BLIP_JAX_TEST_XLA_O0", "1") != "0"  # a level set by the user wins
+                and "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"])
+if FAST_COMPILE:
     os.environ["XLA_FLAGS"] += " " + FAST_COMPILE_FLAG
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _OWN_CACHE = compilation_cache.ENV not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ

@@ -38,11 +38,11 @@ def test_costly_files_go_first_and_exist(request):
 def test_suite_flags_compile_fast_and_reach_the_commands_it_starts():
     """conftest: XLA at LLVM -O0 in this process and in the commands a test starts with
     train_utils.fake_devices (the device count replaced, the rest kept)."""
-    from conftest import FAST_COMPILE_FLAG
+    from conftest import FAST_COMPILE, FAST_COMPILE_FLAG
     from train_utils import fake_devices
 
-    if os.environ.get("BLIP_JAX_TEST_XLA_O0") == "0":
-        pytest.skip("turned off with BLIP_JAX_TEST_XLA_O0=0")
+    if not FAST_COMPILE:
+        pytest.skip("turned off (BLIP_JAX_TEST_XLA_O0=0 or a level in XLA_FLAGS)")
     assert FAST_COMPILE_FLAG in os.environ["XLA_FLAGS"].split()
     flags = fake_devices(3).split()
     assert flags[0] == "--xla_force_host_platform_device_count=3" and FAST_COMPILE_FLAG in flags

@@ -62,8 +62,8 @@ class Scale:
 
 FULL = Scale()
 # CI: every stage and output for real at a scale where pre-training has only begun to learn;
-# the comparison itself needs the FULL run. The smallest scale tried where the test's checks
-# hold: with 400 web images, 100/120/80 pre-training/caption/retrieval steps and 120 vision
+# the comparison itself needs the FULL run. A smaller scale fails tests/test_bootstrap.py's
+# checks: with 400 web images, 100/120/80 pre-training/caption/retrieval steps and 120 vision
 # steps (2026-12-04, seeds 0-2) every seed's captioner fell below the caption-agnostic CIDEr
 # and video retrieval to chance (r_mean 6-10), for 22% less time.
 REDUCED = Scale(web_images=800, clean_images=60, eval_images=80, vision_steps=200,
