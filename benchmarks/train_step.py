@@ -3,6 +3,8 @@
     python benchmarks/train_step.py [--configs tiny,base] [--repeats 5]
     python benchmarks/train_step.py --configs nlvr_base --base-batch 2 --repeats 3
     python benchmarks/train_step.py --lm-chunk-tokens 0,64,128,256 --repeats 7
+    python benchmarks/train_step.py --configs base --base-batch 75 --queue-size 57600 \
+        --dtype bfloat16 --datasheet-peak-tflops 989 --result train_step_gpu   # on a GPU
 
 With --lm-chunk-tokens the pre-training step is compiled once per value of
 config.loss.lm_chunk_tokens (0 = materialised [B, L, vocab] logits) and the variants are timed
@@ -11,10 +13,13 @@ train state (the steps have the same state shardings); medians per variant, XLA'
 bytes accessed (of a copy with the chunk loop unrolled: XLA counts a loop body once) and
 temp memory per variant. Writes benchmarks/results/train_step_lm_chunk.json.
 
-For each config: examples/s (median over timed steps), the step's FLOPs from XLA's cost
-analysis of the compiled program, achieved FLOP/s, and MFU = achieved / this machine's float32
-matmul peak measured in the same run (a large jnp.dot), plus XLA's memory estimate and the
-process's peak RSS. Prints a table and writes benchmarks/results/train_step.json.
+For each config: examples/s (median over timed steps), the step's model FLOPs (every matmul
+and convolution of the step's jaxpr: forward, backward, momentum encoders; common.dot_flops)
+and XLA's cost analysis of the compiled program, and MFU = model FLOP/s / the matmul peak in
+--dtype measured in the same run (a large jnp.dot), with XLA's FLOPs over that peak beside it
+and, given --datasheet-peak-tflops, model FLOP/s over the chip's datasheet peak; plus XLA's
+memory estimate and the process's peak RSS. Prints a table and writes
+benchmarks/results/train_step.json (or --result).
 """
 
 from __future__ import annotations
@@ -41,19 +46,6 @@ from blip_jax.train.step import jit_train_step, make_train_step
 from blip_jax.train.defaults import base_config
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """Median float32 FLOP/s of an n x n matmul on the default device."""
-    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times)
-
-
 def _nlvr_config(batch: int):
     """configs/nlvr.py's model and step (base, 384 px, two-image encoder) at `batch`."""
     c = base_config("base", tie_encoder_decoder=False, itc_itm_heads=False, text_decoder=False,
@@ -65,8 +57,10 @@ def _nlvr_config(batch: int):
     return c
 
 
-def _setup(name: str, batch: int, text_len: int):
-    """(config, trainer Setup on one device, the global batch) of a benchmark config."""
+def _setup(name: str, batch: int, text_len: int, dtype: str = "float32", queue_size: int = 0):
+    """(config, trainer Setup on one device, the global batch) of a benchmark config; `dtype`
+    is the model's computation dtype (params and optimiser state stay float32), `queue_size`
+    the ITC queue's length (0: four batches)."""
     if name == "nlvr_base":
         c = _nlvr_config(batch)
     else:
@@ -74,7 +68,8 @@ def _setup(name: str, batch: int, text_len: int):
         c.model = preset(name, tie_encoder_decoder=True).to_dict()
         if name == "base":
             c.model.vision.image_size = 224
-        c.loss.queue_size = 4 * batch
+        c.loss.queue_size = queue_size or 4 * batch
+    c.model.dtype = dtype
     c.batch_size = batch
     c.optim.warmup_steps = 10
     mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
@@ -119,13 +114,19 @@ def _unrolled_cost(cost: dict, compile_fn) -> dict:
             **{k: unrolled[k] for k in keys}}
 
 
-def bench_config(name: str, batch: int, text_len: int, repeats: int) -> dict:
-    c, setup, gb = _setup(name, batch, text_len)
+def bench_config(name: str, batch: int, text_len: int, repeats: int, dtype: str = "float32",
+                 queue_size: int = 0, unrolled_cost: bool = True) -> dict:
+    c, setup, gb = _setup(name, batch, text_len, dtype, queue_size)
+    # Model FLOPs (matmuls and convolutions of forward, backward and the momentum encoders, as
+    # the program is written): the numerator of MFU, independent of what XLA fuses or recomputes.
+    model_flops = common.guarded(lambda: common.dot_flops(jax.make_jaxpr(setup.step_fn.jitted)(
+        setup.state, gb, setup.step_fn.lengths)), "model FLOPs")
     size = c.model.vision.image_size
     program = setup.step_fn.lower(setup.state, gb).compile()
     cost = _cost(program)
     compiled = lambda s, b: program(s, b, setup.step_fn.lengths)  # noqa: E731
-    if c.task != "nlvr" and setup.loss.lm_weight > 0 and setup.loss.lm_chunk_tokens > 0:
+    if (unrolled_cost and c.task != "nlvr" and setup.loss.lm_weight > 0
+            and setup.loss.lm_chunk_tokens > 0):
         tx, _ = optim.make_optimizer(c.optim, c.total_steps, 100)  # as trainer.build made it
         fresh = jit_train_step(make_train_step(setup.model, tx, setup.loss, setup.schedule,
                                                setup.mesh), setup.shardings, setup.mesh)
@@ -144,7 +145,9 @@ def bench_config(name: str, batch: int, text_len: int, repeats: int) -> dict:
     return {"config": name, "batch": batch, "image_size": size, "text_len": text_len,
             "step_seconds_median": step, "step_seconds_all": times,
             "examples_per_sec": batch / step, "flops_per_step": flops,
-            "achieved_flops_per_sec": flops / step, **cost}
+            "achieved_flops_per_sec": flops / step, "dtype": dtype,
+            "queue_size": c.loss.queue_size, "model_flops_per_step": model_flops,
+            "model_flops_per_sec": model_flops / step, **cost}
 
 
 def bench_lm_chunks(name: str, batch: int, text_len: int, repeats: int,
@@ -241,29 +244,59 @@ def main() -> int:
                         "train_step_lm_chunk.json")
     p.add_argument("--result", default="",
                    help="results file name (default train_step, or nlvr_train_step)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="the model's computation dtype (params and optimiser state stay float32); "
+                        "the matmul peak is measured in it")
+    p.add_argument("--queue-size", type=int, default=0,
+                   help="ITC queue length (0: four batches; the original's pretrain.yaml: 57600)")
+    p.add_argument("--peak-n", type=int, default=0,
+                   help="matmul size of the peak measurement (0: 2048 on CPU, 8192 on GPU/TPU)")
+    p.add_argument("--datasheet-peak-tflops", type=float, default=0.0,
+                   help="the chip's datasheet dense peak in --dtype, for a second MFU column "
+                        "(e.g. 989 for an H100/H200 SXM in bfloat16)")
+    p.add_argument("--xla-unrolled-cost", action=argparse.BooleanOptionalAction, default=True,
+                   help="XLA's FLOPs of a second copy compiled with the LM chunk loop unrolled "
+                        "(--no-xla-unrolled-cost: of the timed program, its loop body once; "
+                        "saves a compile; the model FLOPs are exact either way)")
     args = p.parse_args()
-    peak = matmul_peak()
+    platform_name = jax.devices()[0].platform
+    peak_n = args.peak_n or (2048 if platform_name == "cpu" else 8192)
+    peak = common.matmul_peak(args.dtype, peak_n)
     if args.lm_chunk_tokens:
         return main_lm_chunks(args, peak)
     rows = []
+    datasheet = args.datasheet_peak_tflops * 1e12
     for name in args.configs.split(","):
         batch = args.base_batch if name in ("base", "large", "nlvr_base") else args.tiny_batch
-        r = bench_config(name, batch, 30 if name != "tiny" else 24, args.repeats)
+        r = bench_config(name, batch, 30 if name != "tiny" else 24, args.repeats, args.dtype,
+                         args.queue_size, args.xla_unrolled_cost)
         r["mfu"] = r["achieved_flops_per_sec"] / peak
+        r["model_flops_mfu"] = r["model_flops_per_sec"] / peak
+        r["model_flops_mfu_datasheet"] = r["model_flops_per_sec"] / datasheet if datasheet else None
         rows.append(r)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(f"float32 matmul peak (2048^3, median of 10): {peak / 1e9:.1f} GFLOP/s on "
-          f"{jax.devices()[0].platform} ({os.cpu_count()} cores)")
-    print(f"{'config':8} {'batch':>5} {'px':>4} {'step s':>8} {'ex/s':>8} {'GFLOP/step':>11} "
-          f"{'GFLOP/s':>8} {'MFU':>6} {'XLA temp MB':>11}")
+    print(f"{args.dtype} matmul peak ({peak_n}^3, median of 10): {peak / 1e9:.1f} GFLOP/s on "
+          f"{jax.devices()[0].device_kind} ({os.cpu_count()} host cores)")
+    print("MFU: model FLOPs (matmuls as written, jaxpr) / step time / measured peak; "
+          "XLA: XLA's cost analysis of the compiled step / step time / measured peak"
+          + (f"; sheet: model FLOPs against {args.datasheet_peak_tflops:g} TFLOP/s" if datasheet
+             else ""))
+    print(f"{'config':8} {'dtype':>8} {'batch':>5} {'px':>4} {'step s':>8} {'ex/s':>8} "
+          f"{'model GF':>9} {'XLA GF':>9} {'MFU':>6} {'XLA':>6} {'sheet':>6} {'temp MB':>9}")
     for r in rows:
         temp = (r["xla_temp_bytes"] or 0) / 2**20
-        print(f"{r['config']:8} {r['batch']:>5} {r['image_size']:>4} {r['step_seconds_median']:>8.3f} "
-              f"{r['examples_per_sec']:>8.1f} {r['flops_per_step'] / 1e9:>11.2f} "
-              f"{r['achieved_flops_per_sec'] / 1e9:>8.1f} {100 * r['mfu']:>5.1f}% {temp:>11.1f}")
+        sheet = r["model_flops_mfu_datasheet"]
+        print(f"{r['config']:8} {r['dtype']:>8} {r['batch']:>5} {r['image_size']:>4} "
+              f"{r['step_seconds_median']:>8.3f} {r['examples_per_sec']:>8.1f} "
+              f"{r['model_flops_per_step'] / 1e9:>9.1f} {r['flops_per_step'] / 1e9:>9.1f} "
+              f"{100 * r['model_flops_mfu']:>5.1f}% {100 * r['mfu']:>5.1f}% "
+              + (f"{100 * sheet:>5.1f}%" if sheet else f"{'-':>6}") + f" {temp:>9.1f}")
     print(f"peak RSS of this process: {peak_rss / 2**30:.2f} GiB")
-    out = {"matmul_peak_flops_per_sec": peak, "peak_rss_bytes": peak_rss, "rows": rows,
-           "platform": platform.platform(), "devices": str(jax.devices()[0])}
+    out = {"matmul_peak_flops_per_sec": peak, "matmul_peak_dtype": args.dtype,
+           "matmul_peak_n": peak_n, "datasheet_peak_flops_per_sec": datasheet or None,
+           "peak_rss_bytes": peak_rss, "rows": rows,
+           "platform": platform.platform(), "devices": str(jax.devices()[0]),
+           "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__}
     names = args.configs.split(",")
     common.write_result(args.result or ("nlvr_train_step" if all(n.startswith("nlvr") for n in names)
                                         else "train_step"), out)

@@ -1,0 +1,65 @@
+"""benchmarks/common.dot_flops, the model-FLOPs numerator of the benchmarks' MFU and of CapFilt's
+FLOP bound: exact matmul/convolution counts through grad, scan, while and nested jits, and
+the vision tower's count equal to the ViT formula."""
+
+import importlib.util
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from blip_jax.models import init_params, preset
+from blip_jax.models.blip import Blip
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def common():
+    path = os.path.join(ROOT, "benchmarks", "common.py")
+    spec = importlib.util.spec_from_file_location("benchmarks_common", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_counts_matmuls_through_grad_scan_while_and_jit(common):
+    a, w = jnp.ones((4, 5)), jnp.ones((5, 6))
+    # A batched contraction: 2 * batch * m * k * n.
+    bmm = jax.make_jaxpr(lambda x, y: jnp.einsum("bij,bjk->bik", x, y))(
+        jnp.ones((3, 4, 5)), jnp.ones((3, 5, 6)))
+    assert common.dot_flops(bmm) == 2 * 3 * 4 * 5 * 6
+    # grad w.r.t. w only: the forward product and dW = x^T g (no dx).
+    grad = jax.make_jaxpr(jax.grad(lambda w, x: jnp.sum(jnp.tanh(x @ w))))(w, a)
+    assert common.dot_flops(grad) == 2 * (2 * 4 * 5 * 6)
+    # A scan's body counts `length` times, a while loop's body `while_trips` times.
+    scan = jax.make_jaxpr(lambda x: jax.lax.scan(lambda c, _: (c @ jnp.ones((5, 5)), None), x,
+                                                 None, length=7)[0])(a)
+    assert common.dot_flops(scan) == 7 * 2 * 4 * 5 * 5
+    loop = jax.make_jaxpr(lambda x: jax.lax.while_loop(
+        lambda c: c[1] < 3, lambda c: (c[0] @ jnp.ones((5, 5)), c[1] + 1), (x, 0))[0])(a)
+    assert common.dot_flops(loop, while_trips=3) == 3 * 2 * 4 * 5 * 5
+    # Inside a nested jit, and agreeing with XLA's own count for a lone product.
+    f = jax.jit(lambda x, y: x @ y)
+    assert common.dot_flops(jax.make_jaxpr(jax.jit(f))(a, w)) == 2 * 4 * 5 * 6
+    cost = f.lower(a, w).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    assert cost["flops"] == 2 * 4 * 5 * 6
+
+
+def test_vision_tower_matches_the_vit_formula(common):
+    """Patch embedding (a convolution) plus, per block, QKV and output projections (8 N D^2),
+    the MLP (4 N D M) and the two attention products (4 N^2 D), N tokens with [CLS]."""
+    config = preset("tiny")
+    v = config.vision
+    params = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    images = jnp.zeros((2, v.image_size, v.image_size, 3), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda p, x: Blip(config).apply({"params": p}, x,
+                                                          method=Blip.image_features))(params, images)
+    n, d, m = v.num_tokens, v.width, v.mlp_dim
+    patches = v.grid_size ** 2
+    per_image = (2 * patches * v.patch_size ** 2 * 3 * d
+                 + v.depth * (8 * n * d * d + 4 * n * d * m + 4 * n * n * d))
+    assert common.dot_flops(jaxpr) == 2 * per_image
