@@ -116,13 +116,19 @@ def _unrolled_cost(cost: dict, compile_fn) -> dict:
 
 def bench_config(name: str, batch: int, text_len: int, repeats: int, dtype: str = "float32",
                  queue_size: int = 0, unrolled_cost: bool = True) -> dict:
+    t0 = time.perf_counter()
+    phase = lambda what: print(f"[{name}] {what}: {time.perf_counter() - t0:.1f} s",  # noqa: E731
+                               file=sys.stderr, flush=True)
     c, setup, gb = _setup(name, batch, text_len, dtype, queue_size)
+    phase("set up")
     # Model FLOPs (matmuls and convolutions of forward, backward and the momentum encoders, as
     # the program is written): the numerator of MFU, independent of what XLA fuses or recomputes.
     model_flops = common.guarded(lambda: common.dot_flops(jax.make_jaxpr(setup.step_fn.jitted)(
         setup.state, gb, setup.step_fn.lengths)), "model FLOPs")
     size = c.model.vision.image_size
+    phase("model FLOPs counted")
     program = setup.step_fn.lower(setup.state, gb).compile()
+    phase("compiled")
     cost = _cost(program)
     compiled = lambda s, b: program(s, b, setup.step_fn.lengths)  # noqa: E731
     if (unrolled_cost and c.task != "nlvr" and setup.loss.lm_weight > 0
@@ -142,6 +148,7 @@ def bench_config(name: str, batch: int, text_len: int, repeats: int, dtype: str 
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t)
     step = statistics.median(times)
+    phase(f"{repeats} steps timed, median {step:.4f} s")
     return {"config": name, "batch": batch, "image_size": size, "text_len": text_len,
             "step_seconds_median": step, "step_seconds_all": times,
             "examples_per_sec": batch / step, "flops_per_step": flops,

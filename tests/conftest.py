@@ -17,19 +17,28 @@ import tempfile
 from blip_jax import allocator, compilation_cache
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-# XLA's CPU code generated at LLVM -O0: the in-process tests (and the commands they start with
-# the suite's flags) spend ~3/4 of their time compiling many small programs and run each for a
-# few steps; -O0 compiles them ~30% faster (tests/test_train_step.py + test_fused_lm.py pinned
-# to one core: 252 s -> 178 s), runs them ~2x slower, and changes float rounding by an ulp or so
-# (the tolerances are eps-derived for other machines anyway). The flag is XLA's backend (LLVM)
-# optimisation level; whether any HLO pass also reads it was not checked. The long learning runs (train_utils.run_module_on_one_device,
-# tests/test_bootstrap.py) drop the suite's flags and compile at the default -O2, as users do.
-# BLIP_JAX_TEST_XLA_O0=0 turns it off.
-FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
-FAST_COMPILE = (os.environ.get("BLIP_JAX_TEST_XLA_O0", "1") != "0"  # a level set by the user wins
-                and "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"])
-if FAST_COMPILE:
-    os.environ["XLA_FLAGS"] += " " + FAST_COMPILE_FLAG
+# XLA's CPU code generated at LLVM -O0 and fusions emitted the older (non-MLIR) way: the
+# in-process tests (and the commands they start with the suite's flags) spend ~3/4 of their
+# time compiling many small programs and run each for a few steps. -O0 compiles them ~30%
+# faster (tests/test_train_step.py + test_fused_lm.py pinned to one core: 252 s -> 178 s),
+# runs them ~2x slower, and changes float rounding by an ulp or so (the tolerances are
+# eps-derived for other machines anyway); without the fusion emitters the micro train step of
+# test_train_step compiled in 2.8-3.6 s instead of 7.4-7.8 s at -O0 (its step 83 -> 92-104 ms).
+# The first flag is XLA's backend (LLVM) optimisation level; whether any HLO pass also reads it
+# was not checked. The long learning runs (train_utils.run_module_on_one_device,
+# tests/test_bootstrap.py) drop the suite's flags and compile with XLA's defaults, as users do.
+# BLIP_JAX_TEST_XLA_O0=0 turns both off. The process that decides (the xdist controller)
+# records its decision in _FAST_COMPILE_ENV: its workers inherit XLA_FLAGS with the level in it
+# and must not read that as a level the user set.
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+_FAST_COMPILE_ENV = "BLIP_JAX_TEST_FAST_COMPILE"
+if _FAST_COMPILE_ENV not in os.environ:
+    _on = (os.environ.get("BLIP_JAX_TEST_XLA_O0", "1") != "0"  # a level set by the user wins
+           and "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"])
+    if _on:
+        os.environ["XLA_FLAGS"] += " " + " ".join(FAST_COMPILE_FLAGS)
+    os.environ[_FAST_COMPILE_ENV] = "1" if _on else "0"
+FAST_COMPILE = os.environ[_FAST_COMPILE_ENV] == "1"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _OWN_CACHE = compilation_cache.ENV not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:  # only the first process (the controller) gets here; workers inherit the path

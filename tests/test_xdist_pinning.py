@@ -36,14 +36,33 @@ def test_costly_files_go_first_and_exist(request):
 
 
 def test_suite_flags_compile_fast_and_reach_the_commands_it_starts():
-    """conftest: XLA at LLVM -O0 in this process and in the commands a test starts with
-    train_utils.fake_devices (the device count replaced, the rest kept)."""
-    from conftest import FAST_COMPILE, FAST_COMPILE_FLAG
+    """conftest: its fast-compile XLA flags in this process (an xdist worker too) and in the
+    commands a test starts with train_utils.fake_devices (the device count replaced, the rest
+    kept)."""
+    from conftest import FAST_COMPILE, FAST_COMPILE_FLAGS
     from train_utils import fake_devices
 
     if not FAST_COMPILE:
         pytest.skip("turned off (BLIP_JAX_TEST_XLA_O0=0 or a level in XLA_FLAGS)")
-    assert FAST_COMPILE_FLAG in os.environ["XLA_FLAGS"].split()
+    assert set(FAST_COMPILE_FLAGS) <= set(os.environ["XLA_FLAGS"].split())
     flags = fake_devices(3).split()
-    assert flags[0] == "--xla_force_host_platform_device_count=3" and FAST_COMPILE_FLAG in flags
+    assert flags[0] == "--xla_force_host_platform_device_count=3"
+    assert set(FAST_COMPILE_FLAGS) <= set(flags)
     assert sum(f.startswith("--xla_force_host_platform_device_count") for f in flags) == 1
+
+
+def test_xdist_workers_compile_fast_too(tmp_path):
+    """A fresh `pytest -n 2` (as CI runs it): the workers inherit the controller's XLA_FLAGS,
+    level included, and must still count the fast-compile flags as the suite's own (they once
+    read the inherited level as the user's and skipped the flags test)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("BLIP_JAX_TEST_FAST_COMPILE", "BLIP_JAX_TEST_XLA_O0")
+           and not k.startswith("PYTEST_")}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-n", "2", "-p", "no:cacheprovider",
+         f"{here}/test_xdist_pinning.py::test_suite_flags_compile_fast_and_reach_the_commands_it_starts"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "1 passed" in out.stdout and "skipped" not in out.stdout, \
+        out.stdout[-2000:] + out.stderr[-2000:]
