@@ -1,7 +1,7 @@
 """CapFilt throughput: images per second for captioning + filtering, per device.
 
     python benchmarks/capfilt.py [--preset base] [--image-size 384] [--per-device-batch 8] [--steps 3]
-    python benchmarks/capfilt.py --dtype bfloat16 --per-device-batch 64 256   # on a GPU
+    python benchmarks/capfilt.py --dtype bfloat16 --per-device-batch 64 512   # on a GPU
 
 Random weights in the fine-tuned layouts the job loads: a captioner with only the text decoder
 and a filter with the text encoder and ITC/ITM heads. One step is what the job does per batch
