@@ -64,9 +64,10 @@ def bench(preset_name: str, image_size: int, per_device_batch: int, num_captions
           steps: int, devices: list, dtype: str = "float32") -> dict:
     base = preset(preset_name)
     base = base.replace(vision=dataclasses.replace(base.vision, image_size=image_size))
-    cap_cfg, cap_params = with_dtype(*_init(base.replace(text_encoder=False, itc_itm_heads=False),
-                                            0), dtype)
-    fil_cfg, fil_params = with_dtype(*_init(base.replace(text_decoder=False), 1), dtype)
+    cap_cfg = base.replace(text_encoder=False, itc_itm_heads=False)
+    fil_cfg = base.replace(text_decoder=False)
+    cap_cfg, cap_params = with_dtype(cap_cfg, init_params(cap_cfg, jax.random.key(0)), dtype)
+    fil_cfg, fil_params = with_dtype(fil_cfg, init_params(fil_cfg, jax.random.key(1)), dtype)
     models = Models(Blip(cap_cfg), Blip(fil_cfg), cap_params, fil_params)
     config = default_config()
     config.per_device_batch, config.num_captions = per_device_batch, num_captions
@@ -101,10 +102,6 @@ def bench(preset_name: str, image_size: int, per_device_batch: int, num_captions
             "example_caption": captions[0][0]}
 
 
-def _init(config, seed: int):
-    return config, init_params(config, jax.random.key(seed))
-
-
 def save(row: dict) -> None:
     """Merges `row` into RESULTS, replacing a row of the same setting."""
     key = lambda r: (r["device_kind"], r["preset"], r["image_size"], r["per_device_batch"],  # noqa: E731
@@ -132,7 +129,7 @@ def main() -> int:
                    help="matmul size of the peak measurement (0: 2048 on CPU, 8192 on GPU/TPU)")
     args = p.parse_args()
     devices = jax.local_devices()[: args.devices or None]
-    peak_n = args.peak_n or (2048 if devices[0].platform == "cpu" else 8192)
+    peak_n = common.peak_size(args.peak_n)
     peak = common.matmul_peak(args.dtype, peak_n)
     print(f"{args.dtype} matmul peak ({peak_n}^3, median of 10): {peak / 1e12:.2f} TFLOP/s on "
           f"{devices[0].device_kind}", flush=True)

@@ -47,6 +47,13 @@ def write_result(name: str, out: dict[str, Any]) -> str:
     return path
 
 
+def peak_size(n: int = 0) -> int:
+    """The matmul size of matmul_peak: n, or for 0 the default device's default (2048 on a
+    CPU; 8192 on a GPU/TPU, where 2048 would not fill the chip)."""
+    import jax
+    return n or (2048 if jax.devices()[0].platform == "cpu" else 8192)
+
+
 def matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 10) -> float:
     """Median FLOP/s of an n x n x n matmul in `dtype` on the default device (jnp.dot, random
     operands: zeros run faster on some chips and would overstate the peak)."""
@@ -104,17 +111,18 @@ def dot_flops(jaxpr, while_trips: int = 1) -> float:
                 spec = eqn.params["dimension_numbers"].rhs_spec  # (out ch, in ch, *spatial)
                 per_out = size(kernel, [spec[1], *spec[2:]])
                 total += 2.0 * int(np.prod(out, dtype=np.int64)) * per_out
-            repeat = {"scan": eqn.params.get("length", 1), "while": while_trips}.get(name, 1)
+            if name == "while":  # the body, not the condition
+                total += while_trips * walk(eqn.params["body_jaxpr"])
+                continue
             subs = [v for v in eqn.params.values()
                     if isinstance(v, (jcore.Jaxpr, jcore.ClosedJaxpr))]
             subs += [b for v in eqn.params.values() if isinstance(v, (tuple, list))
                      for b in v if isinstance(b, (jcore.Jaxpr, jcore.ClosedJaxpr))]
             if name == "cond":  # one branch runs: the costliest bounds it
                 total += max((walk(b) for b in subs), default=0.0)
-            elif name == "while":  # the body, not the condition
-                total += repeat * walk(eqn.params["body_jaxpr"])
-            else:
-                total += repeat * sum(walk(s) for s in subs)
+            else:  # a scan's body runs `length` times
+                repeat = eqn.params.get("length", 1) if name == "scan" else 1
+                total += repeat * sum(walk(b) for b in subs)
         return total
 
     return walk(jaxpr)

@@ -266,8 +266,7 @@ def main() -> int:
                         "(--no-xla-unrolled-cost: of the timed program, its loop body once; "
                         "saves a compile; the model FLOPs are exact either way)")
     args = p.parse_args()
-    platform_name = jax.devices()[0].platform
-    peak_n = args.peak_n or (2048 if platform_name == "cpu" else 8192)
+    peak_n = common.peak_size(args.peak_n)
     peak = common.matmul_peak(args.dtype, peak_n)
     if args.lm_chunk_tokens:
         return main_lm_chunks(args, peak)
