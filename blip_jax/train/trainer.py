@@ -21,7 +21,7 @@ import optax
 from flax import linen as nn
 from jax.experimental import multihost_utils
 
-from blip_jax import checkpoint as model_checkpoint, decoding, parallel, tokenizer as tok
+from blip_jax import checkpoint as model_checkpoint, decoding, parallel, tokenizer as tok, xla_options
 from blip_jax.convert import pretrained_init
 from blip_jax.models.blip import Blip, abstract_params, init_params as blip_init_params
 from blip_jax.models import variants
@@ -171,11 +171,14 @@ def build(config: ml_collections.ConfigDict, steps_per_epoch: int, mesh=None,
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         jax.eval_shape(lambda r: make(r, False, None), jax.random.key(0)), shardings)
     key = jax.random.key(config.seed)
+    once = xla_options.one_shot()  # runs once: compiled faster, the same bits
     if init_params is None:
-        state = jax.jit(lambda r: make(r, False, None), out_shardings=shardings)(key)
+        state = jax.jit(lambda r: make(r, False, None), out_shardings=shardings,
+                        compiler_options=once)(key)
     else:  # params as an argument, not a closure: no multi-GB constants in the program
-        state = jax.jit(lambda r, p, s: make(r, False, p, s), out_shardings=shardings)(
-            key, init_params, init_start if lc.uses_itc else None)
+        state = jax.jit(lambda r, p, s: make(r, False, p, s), out_shardings=shardings,
+                        compiler_options=once)(key, init_params,
+                                               init_start if lc.uses_itc else None)
     groups = parallel.batch_shards(mesh) if lc.itm_negatives == "local" else 1
     if lc.itm_negatives not in ("global", "local"):
         raise ValueError(f"config.loss.itm_negatives={lc.itm_negatives!r}: use global or local")
