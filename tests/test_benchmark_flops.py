@@ -63,3 +63,29 @@ def test_vision_tower_matches_the_vit_formula(common):
     per_image = (2 * patches * v.patch_size ** 2 * 3 * d
                  + v.depth * (8 * n * d * d + 4 * n * d * m + 4 * n * n * d))
     assert common.dot_flops(jaxpr) == 2 * per_image
+
+
+def test_profile_step_tells_matmuls_and_loops_from_the_rest():
+    """benchmarks/profile_step.classify_ops on XLA:CPU's optimised HLO: a dot inside a while
+    loop is a matmul op, the loop a container (its body's ops are traced on their own), the
+    elementwise ops neither."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import profile_step
+    finally:
+        sys.path.pop(0)
+
+    def f(a, b):
+        return jax.lax.fori_loop(0, 3, lambda i, x: jnp.tanh(x @ b) * 2.0, a).sum()
+
+    a = jnp.ones((64, 64), jnp.float32)
+    hlo = jax.jit(f).lower(a, a).compile().as_text()
+    matmuls, containers = profile_step.classify_ops(hlo)
+    ops = {line.split("=")[0].strip().removeprefix("ROOT ").lstrip("%"): line
+           for line in hlo.splitlines() if " = " in line and "(" in line}
+    assert containers and all(" while(" in ops[name] for name in containers), containers
+    assert matmuls and not matmuls & containers
+    # Every op named as a matmul holds a dot itself or calls a computation that does.
+    assert all(" dot(" in ops[name] or "calls=" in ops[name] for name in matmuls), matmuls
+    assert not any(" tanh(" in ops[name] and " dot(" not in ops[name] and "calls=" not in ops[name]
+                   for name in matmuls)
