@@ -6,9 +6,9 @@ inlined threefry calls, thousands of small fusions. On XLA:CPU, LLVM at backend 
 level 2 instead of XLA's default 3 compiles it faster (a tiny recipe's whole set-up, 1 core of a
 2-core AMD EPYC: pre-training 17.7 -> 12.3 s, retrieval 16.0 -> 10.5 s; the base model's set-up
 only 77 -> 74 s: its 51 s of compilation is mostly not LLVM's optimiser, and running the init
-takes 16 s) and gives the same bits (measured on
-those states and the base model's; tests/test_xla_options.py checks it). The train step stays
-at the default: there level 2 moves the rounding. Level 0 moves the initial parameters too.
+takes 16 s) and gives the same bits (measured on those states and the base model's;
+tests/test_xla_options.py checks it). The train step stays at the default: there level 2 moves
+the rounding. Level 0 moves the initial parameters too.
 
 Only on the CPU backend (the GPU compilers were not checked), and never over a level the user
 set in XLA_FLAGS."""
