@@ -21,6 +21,7 @@ import collections
 import glob
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -86,26 +87,26 @@ def op_times(trace_dir: str) -> collections.Counter:
 
 
 def profile_recipe(name: str, steps: int, top: int, peak: float) -> dict:
+    """One recipe's row: its step's median time, model FLOPs, and the traced ops' seconds per
+    step split into matmuls and the rest (`peak`: the measured matmul FLOP/s)."""
     import jax
 
-    step, setup, gb, compiled = tiny_steps.recipe_step(name)
+    one_step, setup, gb, compiled = tiny_steps.recipe_step(name)
     flops = common.dot_flops(jax.make_jaxpr(setup.step_fn.jitted)(setup.state, gb,
                                                                    setup.step_fn.lengths))
     matmuls, containers = classify_ops(compiled.as_text())
-    carry = {"state": setup.state}
-
-    def one_step():
-        carry["state"], metrics = step(carry["state"], gb)
-        return jax.block_until_ready(metrics)
-
     for _ in range(3):
         one_step()
     median, _, _ = common.median_time(one_step, steps)
     trace_dir = tempfile.mkdtemp(prefix="blip_jax_profile_")
-    with jax.profiler.trace(trace_dir):
-        for _ in range(steps):
-            one_step()
-    per_step = {k: v / steps / 1e9 for k, v in op_times(trace_dir).items() if k not in containers}
+    try:
+        with jax.profiler.trace(trace_dir):
+            for _ in range(steps):
+                one_step()
+        times = op_times(trace_dir)
+    finally:
+        shutil.rmtree(trace_dir, ignore_errors=True)
+    per_step = {k: v / steps / 1e9 for k, v in times.items() if k not in containers}
     matmul_s = sum(v for k, v in per_step.items() if k in matmuls)
     other_s = sum(v for k, v in per_step.items() if k not in matmuls)
     kinds: collections.Counter = collections.Counter()

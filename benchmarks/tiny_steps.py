@@ -35,8 +35,9 @@ RECIPES = ("pretrain", "caption", "retrieval")
 
 
 def recipe_step(name: str):
-    """(step(state, batch), trainer Setup, fixed global batch, XLA's compiled program) of a tiny
-    recipe on one device: batch 32, its text length, a third of the tokens padding."""
+    """(one_step(): a step on the fixed batch from the state the last one left, blocking until
+    done; the trainer Setup; the fixed global batch; XLA's compiled program) of a tiny recipe on
+    one device: batch 32, its text length, a third of the tokens padding."""
     import jax
     import numpy as np
 
@@ -59,24 +60,22 @@ def recipe_step(name: str):
     # A checkout from before LengthsBoundStep (--against) has a plain jitted step.
     lengths = getattr(setup.step_fn, "lengths", None)
     step = compiled if lengths is None else (lambda s, b: compiled(s, b, lengths))
-    return step, setup, gb, compiled
-
-
-def time_recipe(name: str, repeats: int) -> dict:
-    """Median seconds of the recipe's jitted train step (compiled once, not timed)."""
-    import jax
-
-    import blip_jax
-
-    step, setup, gb, _ = recipe_step(name)
-    batch, size = gb["image"].shape[:2]
-    length = gb["text_ids"].shape[1]
     carry = {"state": setup.state}
 
     def one_step():
         carry["state"], metrics = step(carry["state"], gb)
         return jax.block_until_ready(metrics)
 
+    return one_step, setup, gb, compiled
+
+
+def time_recipe(name: str, repeats: int) -> dict:
+    """Median seconds of the recipe's jitted train step (compiled once, not timed)."""
+    import blip_jax
+
+    one_step, _, gb, _ = recipe_step(name)
+    batch, size = gb["image"].shape[:2]
+    length = gb["text_ids"].shape[1]
     one_step()  # the first call is not timed
     before = resource.getrusage(resource.RUSAGE_SELF)
     median, times, _ = common.median_time(one_step, repeats)
