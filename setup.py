@@ -7,6 +7,11 @@ from setuptools import find_packages, setup
 INSTALL_REQUIRES = [
     "jax==0.10.2",
     "jaxlib==0.10.2",
+    # Not the newest (0.7.0): with numpy 2.4 its extension spends 1.5-2.5 s registering its ufunc
+    # loops (perf: numpy's PyUFunc_AddLoop scanning the loop lists) on every import of jax, i.e.
+    # in every command, data worker and test process; 0.6.0 has every dtype jax 0.10.2 names and
+    # imports in 0.02 s (`import jax` 3.4-4.0 s -> 1.6-2.2 s on a 2-core AMD EPYC).
+    "ml_dtypes==0.6.0",
     "flax==0.12.8",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",

@@ -89,3 +89,20 @@ def test_profile_step_tells_matmuls_and_loops_from_the_rest():
     assert all(" dot(" in ops[name] or "calls=" in ops[name] for name in matmuls), matmuls
     assert not any(" tanh(" in ops[name] and " dot(" not in ops[name] and "calls=" not in ops[name]
                    for name in matmuls)
+
+
+def test_startup_benchmark_times_fresh_processes_and_checks_their_exit(tmp_path):
+    """benchmarks/startup.time_process: a fresh interpreter with the given directory first on
+    PYTHONPATH (how --other-pythonpath puts another library version in front), and a process
+    that exits otherwise than expected is an error, not a timing."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import startup
+    finally:
+        sys.path.pop(0)
+    (tmp_path / "shadow_probe.py").write_text("import sys; sys.exit(3)\n")
+    assert startup.time_process(["-c", "import sys"], 0, None) > 0
+    assert startup.time_process(["-c", "import shadow_probe"], 3, str(tmp_path)) > 0
+    with pytest.raises(RuntimeError, match="exited 3"):
+        startup.time_process(["-c", "import shadow_probe"], 0, str(tmp_path))
+    assert [p[0] for p in startup.PROBES][:3] == ["import numpy", "import ml_dtypes", "import jax"]
