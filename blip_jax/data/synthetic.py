@@ -154,9 +154,16 @@ def render(scene: Scene, supersample: int = 3) -> Image.Image:
     n, k = scene.image_size, supersample
     coords = (np.arange(n * k) + 0.5) / (n * k) - 0.5
     dx, dy, amp = scene.gradient
-    shade = 2 * amp * (dx * coords[None, :] + dy * coords[:, None])  # in [-amp, amp]
-    pixels = np.clip(np.asarray(BACKGROUNDS[scene.background], np.float32) + shade[..., None], 0, 255)
-    img = Image.fromarray(pixels.astype(np.uint8))
+    shade = 2 * amp * (dx * coords[None, :] + dy * coords[:, None])  # float64, in [-amp, amp]
+    # Each channel: clip(colour + shade) in float64, truncated to uint8. One contiguous plane per
+    # channel rather than broadcasting [n*k, n*k, 1] against 3 channels at once: the same float
+    # operations on the same values (the same bytes), ~5x faster (the broadcast was ~75% of
+    # render at 96 px).
+    pixels = np.empty(shade.shape + (3,), np.uint8)
+    for channel, value in enumerate(BACKGROUNDS[scene.background]):
+        plane = shade + float(np.float32(value))
+        pixels[..., channel] = np.clip(plane, 0, 255, out=plane).astype(np.uint8)
+    img = Image.fromarray(pixels)
     draw = ImageDraw.Draw(img)
     for s in scene.shapes:
         outline = _outline(s, k)
