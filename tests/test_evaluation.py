@@ -230,6 +230,26 @@ def test_caption_metrics_identical_beats_mismatched():
 
 
 @needs_java
+def test_one_meteor_process_serves_every_evaluation():
+    """caption_metrics keeps METEOR's java process (its start, loading the paraphrase tables, is
+    ~20-30 s of a 2-core CPU) for the next evaluation: what it scored before does not change a
+    score (exactly), a process that died is replaced, close_meteor stops it."""
+    same = {k: v[0] for k, v in REFS.items()}
+    swapped = {k: REFS[k % 4 + 1][0] for k in REFS}
+    captioning.caption_metrics(same, REFS)
+    process = captioning._meteor_scorer.meteor_p
+    used = captioning.caption_metrics(swapped, REFS)["METEOR"]
+    assert captioning._meteor_scorer.meteor_p is process  # no second start
+    process.kill()
+    process.wait()
+    fresh = captioning.caption_metrics(swapped, REFS)["METEOR"]  # the first set a new process scores
+    replacement = captioning._meteor_scorer.meteor_p
+    assert replacement is not process and fresh == used
+    captioning.close_meteor()
+    assert captioning._meteor_scorer is None and replacement.poll() is not None
+
+
+@needs_java
 def test_python_tokenizer_matches_ptb():
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
     sents = ["A man's T-shirt, 3.5 dogs... don't (they) \"quote\" o'clock; it's 5:30 - ok?",
