@@ -69,11 +69,12 @@ def _tokenize(references: Mapping[Hashable, Sequence[str]], predictions: Mapping
     return {k: out[("ref", k)] for k in references}, {k: out[("res", k)] for k in references}
 
 
-# One METEOR java process per Python process, started on first use. It loads METEOR's paraphrase
-# tables before reading its input: 20-35 s on a 2-core AMD EPYC and ~1 GB resident, against well under
-# a second to score a set. Each evaluation sends every segment's statistics in its EVAL line, so a
-# set's score does not depend on what the process scored before (tests/test_evaluation.py): an
-# evaluation per epoch, or per condition in the bootstrap experiment, pays the start once.
+# One METEOR java process per Python process, started on first use. It loads METEOR's
+# paraphrase tables before reading its input (20-35 s on a 2-core AMD EPYC, ~1 GB resident),
+# then scores a set in well under a second. Each evaluation sends every segment's statistics in
+# its EVAL line, so a set's score does not depend on what the process scored before
+# (tests/test_evaluation.py): evaluations per epoch, or per condition in the bootstrap
+# experiment, pay the start once.
 _meteor_scorer: Any = None
 _meteor_guard = threading.Lock()
 
@@ -87,12 +88,16 @@ def _meteor(gts: dict, res: dict) -> float:
         scorer = _meteor_scorer
         try:
             return float(scorer.compute_score(gts, res)[0])
-        except BaseException:
+        except BaseException as e:
             # pycocoevalcap holds its lock across the exchange without releasing it on errors:
             # release it, or its __del__ (which takes the lock) would hang when collected.
             if scorer.lock.locked():
                 scorer.lock.release()
             _stop_meteor()
+            if isinstance(e, Exception):
+                raise RuntimeError(f"METEOR (pycocoevalcap's java process) failed scoring {len(res)} "
+                                   f"captions: {type(e).__name__}: {e}. It needs java on PATH and "
+                                   f"2 GB of heap (-Xmx2G)") from e
             raise
 
 
