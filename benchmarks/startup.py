@@ -53,7 +53,6 @@ def main() -> None:
     parser.add_argument("--other-pythonpath", default=None,
                         help="also time each probe with this directory first on PYTHONPATH")
     parser.add_argument("--cpu", type=int, default=None, help="the CPU to pin to (default: the first allowed)")
-    parser.add_argument("--no-write", action="store_true", help="print only (tests)")
     args = parser.parse_args()
     cpu = args.cpu if args.cpu is not None else min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})  # the processes inherit it
@@ -79,13 +78,12 @@ def main() -> None:
         if "other_seconds" in r:
             line += f" {r['other_seconds']:10.2f} {r['other_over_this']:10.2f}"
         print(line)
-    if not args.no_write:
-        import ml_dtypes
-        import numpy
-        out = {"rows": rows, "cpu": cpu, "repeats": args.repeats,
-               "other_pythonpath": args.other_pythonpath, "load_average": os.getloadavg(),
-               "versions": {"ml_dtypes": ml_dtypes.__version__, "numpy": numpy.__version__}}
-        print("wrote", common.write_result("startup", out))
+    import ml_dtypes
+    import numpy
+    out = {"rows": rows, "cpu": cpu, "repeats": args.repeats,
+           "other_pythonpath": args.other_pythonpath, "load_average": os.getloadavg(),
+           "versions": {"ml_dtypes": ml_dtypes.__version__, "numpy": numpy.__version__}}
+    print("wrote", common.write_result("startup", out))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,16 @@ from blip_jax.models.blip import Blip
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _benchmark_script(name: str):
+    """benchmarks/NAME.py imported as the scripts run (benchmarks/ first on sys.path, where
+    they find `common`)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
+
 @pytest.fixture(scope="module")
 def common():
     path = os.path.join(ROOT, "benchmarks", "common.py")
@@ -69,11 +79,7 @@ def test_profile_step_tells_matmuls_and_loops_from_the_rest():
     """benchmarks/profile_step.classify_ops on XLA:CPU's optimised HLO: a dot inside a while
     loop is a matmul op, the loop a container (its body's ops are traced on their own), the
     elementwise ops neither."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import profile_step
-    finally:
-        sys.path.pop(0)
+    profile_step = _benchmark_script("profile_step")
 
     def f(a, b):
         return jax.lax.fori_loop(0, 3, lambda i, x: jnp.tanh(x @ b) * 2.0, a).sum()
@@ -95,11 +101,7 @@ def test_startup_benchmark_times_fresh_processes_and_checks_their_exit(tmp_path)
     """benchmarks/startup.time_process: a fresh interpreter with the given directory first on
     PYTHONPATH (how --other-pythonpath puts another library version in front), and a process
     that exits otherwise than expected is an error, not a timing."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import startup
-    finally:
-        sys.path.pop(0)
+    startup = _benchmark_script("startup")
     (tmp_path / "shadow_probe.py").write_text("import sys; sys.exit(3)\n")
     assert startup.time_process(["-c", "import sys"], 0, None) > 0
     assert startup.time_process(["-c", "import shadow_probe"], 3, str(tmp_path)) > 0

@@ -231,8 +231,8 @@ def test_caption_metrics_identical_beats_mismatched():
 
 @needs_java
 def test_one_meteor_process_serves_every_evaluation():
-    """caption_metrics keeps METEOR's java process (its start, loading the paraphrase tables, is
-    ~20-30 s of a 2-core CPU) for the next evaluation: what it scored before does not change a
+    """caption_metrics keeps METEOR's java process (its start, loading the paraphrase tables, took
+    20-35 s on a 2-core AMD EPYC) for the next evaluation: what it scored before does not change a
     score (exactly), a process that died is replaced, close_meteor stops it."""
     same = {k: v[0] for k, v in REFS.items()}
     swapped = {k: REFS[k % 4 + 1][0] for k in REFS}

@@ -162,8 +162,7 @@ def render(scene: Scene, supersample: int = 3) -> Image.Image:
     # float64 addition is monotonic, so the clip is skipped exactly when no sum leaves [0, 255].
     pixels = np.empty(shade.shape + (3,), np.uint8)
     low, high = shade.min(), shade.max()
-    for channel, value in enumerate(BACKGROUNDS[scene.background]):
-        value = float(np.float32(value))
+    for channel, value in enumerate(map(float, BACKGROUNDS[scene.background])):  # 0-255: exact
         if value + low >= 0 and value + high <= 255:
             np.add(shade, value, out=pixels[..., channel], casting="unsafe")
         else:
