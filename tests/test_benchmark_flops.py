@@ -97,6 +97,31 @@ def test_profile_step_tells_matmuls_and_loops_from_the_rest():
                    for name in matmuls)
 
 
+def test_profile_counts_each_compiled_ops_matmul_flops_and_groups_them_by_layer(common):
+    """profile_step.op_flops on XLA:CPU's optimised HLO of the tiny vision tower: the matmul
+    FLOPs of the ops that run (dots and the patch convolution, inside library fusions too) add
+    up to the model's count from its jaxpr exactly, and source_ops puts the same operation of
+    every block into one group, which holds that operation's FLOPs."""
+    profile_step = _benchmark_script("profile_step")
+    config = preset("tiny")
+    v = config.vision
+    params = init_params(config, jax.random.key(0))
+    images = jnp.zeros((2, v.image_size, v.image_size, 3), jnp.float32)
+    forward = lambda p, x: Blip(config).apply({"params": p}, x, method=Blip.image_features)
+    hlo = jax.jit(forward).lower(params, images).compile().as_text()
+    flops = profile_step.op_flops(hlo)
+    executed = profile_step._executed(hlo)
+    assert sum(flops.get(op, 0.0) for op in executed) == common.dot_flops(
+        jax.make_jaxpr(forward)(params, images))
+    sources = profile_step.source_ops(hlo)
+    fc1 = [op for op in executed if sources.get(op) == "vision/block_*/fc1/dot_general"]
+    tokens = 2 * v.num_tokens
+    assert sum(flops[op] for op in fc1) == v.depth * 2 * tokens * v.width * v.mlp_dim
+    groups = profile_step.by_source({op: 1.0 for op in executed}, hlo, peak=1e9)
+    fc1_group = next(g for g in groups if g["source"] == "vision/block_*/fc1/dot_general")
+    assert fc1_group["seconds"] == len(fc1) and fc1_group["gflop"] == sum(flops[op] for op in fc1) / 1e9
+
+
 def test_startup_benchmark_times_fresh_processes_and_checks_their_exit(tmp_path):
     """benchmarks/startup.time_process: a fresh interpreter with the given directory first on
     PYTHONPATH (how --other-pythonpath puts another library version in front), and a process
