@@ -222,7 +222,8 @@ def profile_vit(spec: str, calls: int, top: int, peak: float) -> dict:
     groups = by_source(traced_op_seconds(run, calls, containers), hlo, peak)
     return {"program": f"vit {spec}", "seconds_median": median, "model_gflop": flops / 1e9,
             "hlo_gflop": sum(op_flops(hlo).get(k, 0.0) for k in _executed(hlo)) / 1e9,
-            "mfu": flops / median / peak, "by_source": groups[:top] if top else groups}
+            "mfu": flops / median / peak, "ops_seconds": sum(g["seconds"] for g in groups),
+            "by_source": groups[:top] if top else groups}
 
 
 def _executed(hlo_text: str) -> list[str]:
@@ -282,10 +283,9 @@ def report_vit(row: dict, peak: float, a: argparse.Namespace, t0: float) -> int:
           f"({jax.devices()[0]}, {len(os.sched_getaffinity(0))} CPU(s))")
     print("| model operation (every layer) | s per call | share | GFLOP | GFLOP/s | of peak |")
     print("| --- | --- | --- | --- | --- | --- |")
-    total = sum(g["seconds"] for g in row["by_source"])
-    for g in row["by_source"]:
+    for g in row["by_source"]:  # share: of every traced op's time, not only the rows shown
         rate = f"{g['gflops_per_s']:.1f} | {100 * g['fraction_of_peak']:.0f}%" if g["gflop"] else "- | -"
-        print(f"| {g['source']} | {g['seconds']:.3f} | {100 * g['seconds'] / total:.1f}% | "
+        print(f"| {g['source']} | {g['seconds']:.3f} | {100 * g['seconds'] / row['ops_seconds']:.1f}% | "
               f"{g['gflop']:.1f} | {rate} |")
     path = common.write_result(a.result or "profile_vit", {
         **row, "matmul_peak_flops": peak, "cpus": len(os.sched_getaffinity(0)),
