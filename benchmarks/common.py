@@ -47,6 +47,26 @@ def write_result(name: str, out: dict[str, Any]) -> str:
     return path
 
 
+def vision_tower(spec: str):
+    """(config, params, images) of a model that is only its vision tower, spec
+    CONFIG:IMAGE_SIZE:BATCH (a preset at that image size, random init with seed 0, normal random
+    images [BATCH, SIZE, SIZE, 3]): what captioning and CapFilt run first (Blip.image_features)."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from blip_jax.models import init_params, preset
+
+    name, size, batch = spec.split(":")
+    base = preset(name)
+    config = base.replace(text_encoder=False, itc_itm_heads=False, text_decoder=False,
+                          vision=dataclasses.replace(base.vision, image_size=int(size)))
+    images = jnp.asarray(np.random.default_rng(0).normal(
+        size=(int(batch), int(size), int(size), 3)).astype(np.float32))
+    return config, init_params(config, jax.random.key(0)), images
+
+
 def peak_size(n: int = 0) -> int:
     """The matmul size of matmul_peak: n, or for 0 the default device's default (2048 on a
     CPU; 8192 on a GPU/TPU, where 2048 would not fill the chip)."""

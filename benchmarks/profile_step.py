@@ -197,20 +197,10 @@ def profile_vit(spec: str, calls: int, top: int, peak: float) -> dict:
     """The vision tower alone (Blip.image_features, the captioning and CapFilt models' first
     program), spec CONFIG:IMAGE_SIZE:BATCH (random init, seed 0; random images): its median
     time, model FLOPs and where the time goes by model operation (by_source)."""
-    import dataclasses
-
     import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from blip_jax.models import Blip, init_params, preset
+    from blip_jax.models import Blip
 
-    name, size, batch = spec.split(":")
-    base = preset(name)
-    config = base.replace(text_encoder=False, itc_itm_heads=False, text_decoder=False,
-                          vision=dataclasses.replace(base.vision, image_size=int(size)))
-    params = init_params(config, jax.random.key(0))
-    images = jnp.asarray(np.random.default_rng(0).normal(
-        size=(int(batch), int(size), int(size), 3)).astype(np.float32))
+    config, params, images = common.vision_tower(spec)
     forward = lambda p, x: Blip(config).apply({"params": p}, x, method=Blip.image_features)  # noqa: E731
     compiled = jax.jit(forward).lower(params, images).compile()
     flops = common.dot_flops(jax.make_jaxpr(forward)(params, images))

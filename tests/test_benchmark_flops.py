@@ -8,6 +8,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from blip_jax.models import init_params, preset
@@ -133,3 +134,16 @@ def test_startup_benchmark_times_fresh_processes_and_checks_their_exit(tmp_path)
     with pytest.raises(RuntimeError, match="exited 3"):
         startup.time_process(["-c", "import shadow_probe"], 0, str(tmp_path))
     assert [p[0] for p in startup.PROBES][:3] == ["import numpy", "import ml_dtypes", "import jax"]
+
+
+def test_vit_forward_benchmark_compares_the_programs_it_names():
+    """benchmarks/vit_forward.variants: the float32 variants compute the same tokens (chunked
+    attention or not) and the two bfloat16 variants are different programs (the bf16-out one
+    traced without layers.f32_accumulating_dot), so the A/B measures the change it reports."""
+    vit_forward = _benchmark_script("vit_forward")
+    fns, images = vit_forward.variants("tiny:64:2")
+    assert set(fns) == {"whole", "chunked", "bf16-out", "bf16"}
+    out = {k: np.asarray(exe(p, images), np.float32) for k, (exe, p) in fns.items()}
+    np.testing.assert_array_equal(out["chunked"], out["whole"])  # tiny: one chunk, same program
+    assert fns["bf16-out"][0].as_text() != fns["bf16"][0].as_text()
+    assert all(np.isfinite(o).all() for o in out.values())

@@ -4,8 +4,8 @@ within a derived bfloat16 tolerance of float32.
 
 The tolerance. bfloat16 keeps 8 significant bits: one round-to-nearest has relative error at
 most u = 2^-8 = 3.9e-3. Every matmul accumulates in float32 (attention scores by
-preferred_element_type, the dense layers because XLA's CPU backend computes bfloat16 dots in
-float32 and rounds the result once), so a dot product over K terms carries about the relative
+preferred_element_type, the dense layers and the attention's weighted sum by
+layers.f32_accumulating_dot on CPU, rounded once to bfloat16), so a dot product over K terms carries about the relative
 error of its rounded inputs and its one output rounding, O(u), not the O(K u) of a bfloat16
 running sum: the reduction sizes of the tiny model (patch 16*16*3 = 768, width 64, MLP 256, up
 to 35 keys) then do not enter. What does is the number R of bfloat16 roundings in series on a
@@ -231,3 +231,29 @@ def test_vqa_command_in_bfloat16(tmp_path, capsys):
         if method == "rank":
             assert out["answer"] in answers
             assert all(math.isfinite(e["score"]) for e in out["top_k"])
+
+
+def test_bfloat16_dense_sums_in_float32_and_rounds_once():
+    """On CPU a bfloat16 dense layer is one dot with bfloat16 operands and a float32 result
+    (XLA:CPU's fast bfloat16 kernel; a bfloat16-out dot ran ~3x slower on an AVX512-BF16 core),
+    and its output is the exact product rounded once: within half a bfloat16 ulp of the exact
+    value plus float32 summation error (K eps32 sum|x||w|)."""
+    from blip_jax.models import layers
+    k = 768
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(64, k)), jnp.bfloat16)
+    dense = layers.dense(96, ("embed", "mlp"), "d", jnp.bfloat16, 0.02)
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16),
+                                    dense.init(jax.random.key(0), x)["params"])
+    apply = jax.jit(lambda p, x: dense.apply({"params": p}, x))
+    dots = [line for line in apply.lower(params, x).as_text().splitlines() if "dot_general" in line]
+    assert len(dots) == 1 and "xbf16>, tensor<" in dots[0] and dots[0].endswith("x96xf32>"), dots
+
+    params = jax.tree_util.tree_map(lambda a: a.at[...].set(0) if a.ndim == 1 else a, params)  # no bias
+    y = np.asarray(apply(params, x), np.float64)
+    xf = np.asarray(x, np.float64)
+    wf = np.asarray(jax.tree_util.tree_leaves(params["kernel"])[0], np.float64)
+    exact = xf @ wf
+    half_ulp = 2.0 ** (np.floor(np.log2(np.abs(exact))) - 8)
+    bound = half_ulp + k * 2.0 ** -24 * (np.abs(xf) @ np.abs(wf))
+    assert np.all(np.abs(y - exact) <= bound), np.max(np.abs(y - exact) / bound)

@@ -17,6 +17,7 @@ class VitAttention(nn.Module):
     num_heads: int
     dtype: Any
     init_std: float
+    chunk_bytes: int = 0  # layers.dot_product_attention's; 0: the whole batch at once
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -24,7 +25,7 @@ class VitAttention(nn.Module):
         # One fused projection, output ordered [q | k | v], each head-major like the original.
         qkv = layers.dense(3 * width, ("embed", "heads"), "qkv", self.dtype, self.init_std)(x)
         q, k, v = (layers.split_heads(t, self.num_heads) for t in jnp.split(qkv, 3, axis=-1))
-        out = layers.dot_product_attention(q, k, v, mask=None)
+        out = layers.dot_product_attention(q, k, v, mask=None, chunk_bytes=self.chunk_bytes)
         return layers.dense(width, ("heads", "embed"), "proj", self.dtype, self.init_std)(out)
 
 
@@ -39,7 +40,13 @@ class VitBlock(nn.Module):
         c = self.config
         drop = layers.DropPath(self.drop_path)
         h = layers.layer_norm(c.layer_norm_eps, "norm1", self.dtype)(x)
-        x = x + drop(VitAttention(c.num_heads, self.dtype, c.init_std, name="attn")(h), self.deterministic)
+        # Chunked attention only where nothing is differentiated or sharded over the batch in
+        # practice (inference and the momentum encoders' forward, on CPU): its gradient would
+        # round differently from the whole batch's, and on an accelerator the chunk loop would
+        # serialise what runs in parallel.
+        chunk_mib = c.attention_chunk_mib if self.deterministic and jax.default_backend() == "cpu" else 0
+        attn = VitAttention(c.num_heads, self.dtype, c.init_std, chunk_mib << 20, name="attn")
+        x = x + drop(attn(h), self.deterministic)
         h = layers.layer_norm(c.layer_norm_eps, "norm2", self.dtype)(x)
         h = layers.dense(c.mlp_dim, ("embed", "mlp"), "fc1", self.dtype, c.init_std)(h)
         h = layers.dense(c.width, ("mlp", "embed"), "fc2", self.dtype, c.init_std)(layers.gelu(h))
