@@ -1,5 +1,5 @@
 """Attention a few examples at a time (layers.dot_product_attention's chunk_bytes; the ViT uses
-it in forward passes without training on CPU, VisionConfig.attention_chunk_mib): the same values
+it on CPU, VisionConfig.attention_chunk_mib): the same values
 as the whole batch at once, and used exactly where it is meant to be.
 
 Tolerance. Each example's scores, softmax and weighted sum are the same ops on the same numbers
@@ -56,7 +56,7 @@ def test_a_chunk_that_holds_the_batch_is_the_plain_computation():
         layers.dot_product_attention(q, k, v, jnp.ones((1, 1, 20, 20), bool), chunk_bytes=1)
 
 
-def test_vit_chunks_its_attention_only_without_training():
+def test_vit_chunks_its_attention_in_inference_and_training():
     # 224 px, patch 16: 197 tokens; 2 heads -> 310 KB of scores per image, so 1 MiB holds 3.
     config = VisionConfig(image_size=224, patch_size=16, width=64, depth=2, num_heads=2, mlp_dim=128,
                           init_std=0.2, attention_chunk_mib=1)
@@ -66,7 +66,7 @@ def test_vit_chunks_its_attention_only_without_training():
     plain = VisionTransformer(config.__class__(**{**config.__dict__, "attention_chunk_mib": 0}))
     run = lambda m, train: (lambda p, x: m.apply({"params": p}, x, train=train))  # noqa: E731
     assert _has_loop(run(model, False), params, images)  # on CPU, as the suite runs
-    assert not _has_loop(run(model, True), params, images)  # a training forward: whole batch
+    assert _has_loop(run(model, True), params, images)
     assert not _has_loop(run(plain, False), params, images)
     out = np.asarray(jax.jit(run(model, False))(params, images))
     ref = np.asarray(jax.jit(run(plain, False))(params, images))
@@ -75,3 +75,13 @@ def test_vit_chunks_its_attention_only_without_training():
     rel = np.sqrt(np.mean((out - ref) ** 2) / np.mean(ref ** 2))
     assert rel <= config.depth * np.sqrt(config.num_tokens) * EPS, rel
     assert np.mean(ref ** 2) > 0.5  # LayerNorm'd tokens: the comparison has a scale
+
+    # The training gradient: the same function; per op at most an L eps reordering of a sum,
+    # through `depth` blocks, so every parameter's gradient within depth * L eps (relative RMS).
+    target = jnp.asarray(np.random.default_rng(2).normal(size=out.shape), jnp.float32)
+    loss = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(run(m, True)(p, images) * target)))  # noqa: E731
+    grads, grads_ref = loss(model)(params), loss(plain)(params)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        r = np.asarray(dict(jax.tree_util.tree_leaves_with_path(grads_ref))[path])
+        err = np.sqrt(np.mean((np.asarray(g) - r) ** 2) / np.mean(r ** 2))
+        assert err <= config.depth * config.num_tokens * EPS, (jax.tree_util.keystr(path), err)

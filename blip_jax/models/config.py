@@ -27,8 +27,9 @@ class VisionConfig:
     # Rematerialise the last `remat_layers` blocks (the original's `vit_ckpt_layer`).
     remat_layers: int = 0
     init_std: float = 0.02  # weight init (truncated normal); see PRESETS['tiny']
-    # Forward passes without training, on CPU: attention a few images at a time, each chunk's
-    # float32 scores within this many MiB (layers.dot_product_attention); 0: the whole batch.
+    # On CPU: attention a few images at a time, each chunk's float32 scores within this many
+    # MiB (layers.dot_product_attention); 0: the whole batch. The tiny presets' images fit in
+    # one chunk (their programs are unchanged by it).
     attention_chunk_mib: int = 8
 
     @property

@@ -85,8 +85,9 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     as many as keep a chunk's float32 scores [n, H, Lq, Lk] within that many bytes. The whole
     batch's scores at 384 px (577 tokens, batch 8: 128 MB a layer) stream through memory three
     times; a chunk that stays in cache made the base ViT's attention 1.7x faster on a Zen 5
-    core (benchmarks/profile_step.py --vit). Each example's ops are the same, so are its values
-    (tests/test_vit_attention_chunks.py). Forward-only: its gradient rounds differently."""
+        core (benchmarks/vit_forward.py). Each example's forward ops are the same, so are its values
+    (tests/test_vit_attention_chunks.py); the gradient is the same function, its kernels may sum
+    in another order (float32 rounding only)."""
     if chunk_bytes > 0:
         if mask is not None or dropout is not None:
             raise ValueError("chunked attention takes no mask and no dropout")

@@ -40,11 +40,9 @@ class VitBlock(nn.Module):
         c = self.config
         drop = layers.DropPath(self.drop_path)
         h = layers.layer_norm(c.layer_norm_eps, "norm1", self.dtype)(x)
-        # Chunked attention only where nothing is differentiated or sharded over the batch in
-        # practice (inference and the momentum encoders' forward, on CPU): its gradient would
-        # round differently from the whole batch's, and on an accelerator the chunk loop would
-        # serialise what runs in parallel.
-        chunk_mib = c.attention_chunk_mib if self.deterministic and jax.default_backend() == "cpu" else 0
+        # Chunked attention on CPU only: on an accelerator the chunk loop would serialise what
+        # runs in parallel there.
+        chunk_mib = c.attention_chunk_mib if jax.default_backend() == "cpu" else 0
         attn = VitAttention(c.num_heads, self.dtype, c.init_std, chunk_mib << 20, name="attn")
         x = x + drop(attn(h), self.deterministic)
         h = layers.layer_norm(c.layer_norm_eps, "norm2", self.dtype)(x)
