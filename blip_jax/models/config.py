@@ -27,10 +27,10 @@ class VisionConfig:
     # Rematerialise the last `remat_layers` blocks (the original's `vit_ckpt_layer`).
     remat_layers: int = 0
     init_std: float = 0.02  # weight init (truncated normal); see PRESETS['tiny']
-    # On CPU: attention a few images at a time, each chunk's float32 scores within this many
-    # MiB (layers.dot_product_attention); 0: the whole batch. The tiny presets' images fit in
-    # one chunk (their programs are unchanged by it).
-    attention_chunk_mib: int = 8
+    # On CPU: attention a few heads at a time, each chunk's float32 scores within this many
+    # MiB (layers.dot_product_attention); 0: all at once. The tiny presets' batches fit in one
+    # chunk (their programs are unchanged by it).
+    attention_chunk_mib: int = 2
 
     @property
     def grid_size(self) -> int:

@@ -81,21 +81,23 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     """Softmax attention over [B, L, H, Dh] inputs; `mask` is boolean, broadcastable to
     [B, H, Lq, Lk] (True = attend). Scores and softmax in float32. Returns [B, Lq, H*Dh].
 
-    `chunk_bytes` > 0 (no mask, no dropout): the batch goes through a few examples at a time,
-    as many as keep a chunk's float32 scores [n, H, Lq, Lk] within that many bytes. The whole
-    batch's scores at 384 px (577 tokens, batch 8: 128 MB a layer) stream through memory three
-    times; a chunk that stays in cache made the base ViT's attention 1.7x faster on a Zen 5
-        core (benchmarks/vit_forward.py). Each example's forward ops are the same, so are its values
-    (tests/test_vit_attention_chunks.py); the gradient is the same function, its kernels may sum
-    in another order (float32 rounding only)."""
+    `chunk_bytes` > 0 (no mask, no dropout): the heads go through a few at a time, as many as
+    keep a chunk's float32 scores [B, n, Lq, Lk] within that many bytes. The whole batch's
+    scores at 384 px (577 tokens, batch 8: 128 MB a layer) stream through memory three times;
+    a chunk that stays in cache made the base ViT's attention ~1.7x faster on a Zen 5 core
+    (benchmarks/vit_forward.py). Chunks of heads, not of examples: the batch may be sharded
+    over devices, and a loop over it would gather it onto each (8 fake CPU devices: 8x slower).
+    Each (example, head)'s ops are the same, so are its values (tests/test_vit_attention_chunks.py);
+    the gradient is the same function, its kernels may sum in another order (float32 rounding)."""
     if chunk_bytes > 0:
         if mask is not None or dropout is not None:
             raise ValueError("chunked attention takes no mask and no dropout")
-        per_example = 4 * q.shape[2] * q.shape[1] * k.shape[1]
-        chunk = max(1, chunk_bytes // per_example)
-        if chunk < q.shape[0]:
-            one = lambda t: dot_product_attention(t[0][None], t[1][None], t[2][None], None)[0]
-            return jax.lax.map(one, (q, k, v), batch_size=chunk)
+        per_head = 4 * q.shape[0] * q.shape[1] * k.shape[1]
+        heads = max(1, chunk_bytes // per_head)
+        if heads < q.shape[2]:
+            one = lambda t: dot_product_attention(t[0][:, :, None], t[1][:, :, None], t[2][:, :, None], None)
+            out = jax.lax.map(one, tuple(jnp.moveaxis(x, 2, 0) for x in (q, k, v)), batch_size=heads)
+            return jnp.moveaxis(out, 0, 2).reshape(*q.shape[:2], -1)  # [H, B, Lq, Dh] -> [B, Lq, H*Dh]
     depth = q.shape[-1]
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     scores = scores / jnp.sqrt(jnp.float32(depth))
