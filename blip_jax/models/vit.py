@@ -17,7 +17,7 @@ class VitAttention(nn.Module):
     num_heads: int
     dtype: Any
     init_std: float
-    chunk_bytes: int = 0  # layers.dot_product_attention's; 0: the whole batch at once
+    chunk_bytes: int = 0  # layers.dot_product_attention's; 0: all heads at once
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
