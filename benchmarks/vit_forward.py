@@ -1,7 +1,7 @@
 """The vision tower's inference forward (Blip.image_features, captioning's and CapFilt's first
-program) with and without this session's two CPU changes, side by side in one process:
+program) with and without its two CPU choices, side by side in one process:
 
-  - `whole` vs `chunked`: the attention of the whole batch at once vs a few images at a time
+  - `whole` vs `chunked`: attention over all heads at once vs a few heads at a time
     (VisionConfig.attention_chunk_mib: 0 vs the default), float32;
   - `bf16-out` vs `bf16`: bfloat16 products with bfloat16 results (XLA's plain bfloat16 dot)
     vs float32 results rounded once (layers.f32_accumulating_dot, what `--dtype bfloat16`

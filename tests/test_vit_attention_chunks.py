@@ -9,6 +9,8 @@ scores' order over Dh terms moves each probability by at most about 2 Dh eps max
 relative (exp is 1-Lipschitz in relative terms) -- both far below what a chunk that mixed
 examples up, dropped the remainder or misplaced heads would give (order-1 differences)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,7 +90,7 @@ def test_vit_chunks_its_attention_in_inference_and_training():
     images = jnp.asarray(np.random.default_rng(1).normal(size=(8, 224, 224, 3)), jnp.float32)
     model = VisionTransformer(config)
     params = model.init(jax.random.key(0), images[:1])["params"]
-    plain = VisionTransformer(config.__class__(**{**config.__dict__, "attention_chunk_mib": 0}))
+    plain = VisionTransformer(dataclasses.replace(config, attention_chunk_mib=0))
     run = lambda m, train: (lambda p, x: m.apply({"params": p}, x, train=train))  # noqa: E731
     assert _has_loop(run(model, False), params, images)  # on CPU, as the suite runs
     assert _has_loop(run(model, True), params, images)
@@ -105,8 +107,8 @@ def test_vit_chunks_its_attention_in_inference_and_training():
     # through `depth` blocks, so every parameter's gradient within depth * L eps (relative RMS).
     target = jnp.asarray(np.random.default_rng(2).normal(size=out.shape), jnp.float32)
     loss = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(run(m, True)(p, images) * target)))  # noqa: E731
-    grads, grads_ref = loss(model)(params), loss(plain)(params)
+    grads, grads_ref = loss(model)(params), dict(jax.tree_util.tree_leaves_with_path(loss(plain)(params)))
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
-        r = np.asarray(dict(jax.tree_util.tree_leaves_with_path(grads_ref))[path])
+        r = np.asarray(grads_ref[path])
         err = np.sqrt(np.mean((np.asarray(g) - r) ** 2) / np.mean(r ** 2))
         assert err <= config.depth * config.num_tokens * EPS, (jax.tree_util.keystr(path), err)

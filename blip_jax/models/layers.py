@@ -33,11 +33,17 @@ def f32_accumulating_dot(lhs: jax.Array, rhs: jax.Array, dimension_numbers, prec
     return out.astype(preferred_element_type or jnp.result_type(lhs, rhs))
 
 
+def on_cpu() -> bool:
+    """Whether programs are traced for XLA:CPU, where the model takes its CPU-only choices
+    (cpu_bf16, the ViT's attention chunks)."""
+    return jax.default_backend() == "cpu"
+
+
 def cpu_bf16(dtype: Dtype) -> bool:
     """Whether bfloat16 products take float32 accumulation explicitly (f32_accumulating_dot):
     on CPU only. GPU/TPU dots already sum bfloat16 in float32, and there the explicit form would
     make the backward pass's matmuls float32."""
-    return jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu"
+    return jnp.dtype(dtype) == jnp.bfloat16 and on_cpu()
 
 
 def dense(features: int, axes: tuple[str, str], name: str, dtype: Dtype, init_std: float,

@@ -42,7 +42,7 @@ class VitBlock(nn.Module):
         h = layers.layer_norm(c.layer_norm_eps, "norm1", self.dtype)(x)
         # Chunked attention on CPU only: on an accelerator the chunk loop would serialise what
         # runs in parallel there.
-        chunk_mib = c.attention_chunk_mib if jax.default_backend() == "cpu" else 0
+        chunk_mib = c.attention_chunk_mib if layers.on_cpu() else 0
         attn = VitAttention(c.num_heads, self.dtype, c.init_std, chunk_mib << 20, name="attn")
         x = x + drop(attn(h), self.deterministic)
         h = layers.layer_norm(c.layer_norm_eps, "norm2", self.dtype)(x)
