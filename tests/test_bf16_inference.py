@@ -7,8 +7,8 @@ most u = 2^-8 = 3.9e-3. Every matmul accumulates in float32 (attention scores by
 preferred_element_type, the dense layers and the attention's weighted sum by
 layers.f32_accumulating_dot on CPU, rounded once to bfloat16), so a dot product over K terms
 carries about the relative error of its rounded inputs and its one output rounding, O(u), not
-the O(K u) of a bfloat16 running sum: the reduction sizes of the tiny model (patch 16*16*3 = 768, width 64, MLP 256, up
-to 35 keys) then do not enter. What does is the number R of bfloat16 roundings in series on a
+the O(K u) of a bfloat16 running sum: the reduction sizes of the tiny model (patch 16*16*3 =
+768, width 64, MLP 256, up to 35 keys) then do not enter. What does is the number R of bfloat16 roundings in series on a
 path: per ViT block LayerNorm out, qkv, attention probabilities, attention out, projection,
 residual add, LayerNorm, fc1, GELU, fc2, residual add (11), per text layer with
 cross-attention about 18 (11 without). Independent roundings add in quadrature, so a
